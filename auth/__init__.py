@@ -1,0 +1,1 @@
+"""Tiered authentication: request signatures, TOTP, device signatures, credentials, challenges."""

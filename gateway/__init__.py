@@ -1,0 +1,1 @@
+"""txgate gateway: server, config, routes, pipeline, state, velocity, forwarding, decision log, CLI."""

@@ -1,0 +1,107 @@
+"""Forward an accepted request upstream through one pooled ClientSession and stream the answer.
+
+Hop-by-hop headers (RFC 9110 §7.6.1, plus every name listed in ``Connection``) are removed in
+both directions; client-sent ``Txgate-*`` headers never reach the upstream. A request is sent
+once: aiohttp never retries, and neither do we, so a payment cannot be submitted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Mapping
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.errors import GatewayError
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authenticate", "proxy-authorization",
+})
+_CHUNK = 64 * 1024
+
+
+def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()) if hasattr(headers, "getall") else ():
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def upstream_headers(incoming: Mapping[str, str], *, client_ip: str, proto: str, host: str | None,
+                     added: Mapping[str, str]) -> CIMultiDict:
+    """Headers for the upstream request: end-to-end ones of the client plus ours."""
+    drop = HOP_BY_HOP | _connection_tokens(incoming) | {"host", "content-length"}
+    out = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in drop or lower.startswith("txgate-"):
+            continue
+        out.add(name, value)
+    node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
+    forwarded = f"for={node};proto={proto}" + (f';host="{host}"' if host else "")
+    previous = incoming.get("Forwarded")
+    out["Forwarded"] = f"{previous}, {forwarded}" if previous else forwarded
+    xff = incoming.get("X-Forwarded-For")
+    out["X-Forwarded-For"] = f"{xff}, {client_ip}" if xff else client_ip
+    if host:
+        out.setdefault("X-Forwarded-Host", host)
+    out.setdefault("X-Forwarded-Proto", proto)
+    out.update(added)
+    return out
+
+
+def downstream_headers(upstream: Mapping[str, str]) -> CIMultiDict:
+    drop = HOP_BY_HOP | _connection_tokens(upstream)
+    return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in drop)
+
+
+class Forwarder:
+    """One per process: owns the pooled ClientSession."""
+
+    def __init__(self, timeout_s: float):
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
+                                         ttl_dns_cache=300)
+        # auto_decompress off: bytes pass through unchanged, Content-Encoding stays valid.
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
+                                              auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+                                              skip_auto_headers=("User-Agent", "Accept-Encoding"))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def open(self, method: str, url: str, headers: CIMultiDict, body: bytes
+                   ) -> aiohttp.ClientResponse:
+        """Send the request; the caller streams the response. Errors become 502/504."""
+        try:
+            return await self._session.request(method, url, headers=headers, data=body or None,
+                                               allow_redirects=False, compress=None)
+        except asyncio.TimeoutError:
+            raise GatewayError(504, "upstream_timeout", "the upstream did not answer in time") from None
+        except (aiohttp.ClientError, OSError):
+            raise GatewayError(502, "upstream_unavailable", "the upstream refused or reset the connection") from None
+
+
+async def stream_back(request: web.Request, upstream: aiohttp.ClientResponse,
+                      extra: Mapping[str, str]) -> web.StreamResponse:
+    """Relay status, headers and body chunk by chunk, so memory stays bounded for any size."""
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                  headers=downstream_headers(upstream.headers))
+    response.headers.update(extra)
+    if upstream.headers.get("Content-Length") is None:
+        response.enable_chunked_encoding()
+    try:
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_chunked(_CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+    finally:
+        upstream.release()
+    return response

@@ -1,0 +1,1 @@
+"""Metric definitions and exposition. Imports nothing of ours."""
