@@ -1,0 +1,114 @@
+"""The only module that talks to durable-rules' C engine.
+
+Pattern from ../shared/durable-rules-notes.md: one compiled ruleset and one fixed session per
+loaded rule set; per transaction assert_fact -> collect fired rules -> retract_fact. Every rule
+is ANDed here with a guard field the session-state document never has, so no condition the
+compiler produces can match the engine's own state (such a rule spins forever at 100% CPU).
+
+Numbers go to the engine as doubles written without exponent: the engine rejects `1e+16`
+(error 204) and does integer division (and dies of SIGFPE on x/0) when both operands are ints.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import threading
+from decimal import Decimal
+
+import durable_rules_engine as dre
+
+GUARD_FIELD = "tx_id"
+GUARD = {"$ex": {GUARD_FIELD: 1}}
+_PRIME = "__prime"
+_versions = itertools.count(1)
+# The engine keeps integers in int64 and floats in doubles; above 2**53 doubles stop being exact.
+MAX_NUMBER = 2.0 ** 53
+
+
+def number_text(x: float) -> str:
+    """A finite number as JSON text the engine parses as a double: a decimal point, no exponent."""
+    text = repr(float(x))
+    if "e" in text or "E" in text:
+        text = format(Decimal(text), "f")
+    if "." not in text:
+        text += ".0"
+    return text
+
+
+def to_json(value) -> str:
+    """json.dumps for conditions and facts with engine-safe numbers and raw UTF-8 strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite")
+        return number_text(value)
+    if isinstance(value, str):
+        # The engine compares raw bytes: a ruleset with \u escapes never equals a UTF-8 fact.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "{" + ",".join(json.dumps(str(k), ensure_ascii=False) + ":" + to_json(v)
+                              for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(to_json(v) for v in value) + "]"
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def guarded(condition: dict) -> dict:
+    """The rule definition for a condition: always a conjunction with the guard."""
+    return {"all": [{"m": {"$and": [GUARD, condition]}}]}
+
+
+class CompiledRules:
+    """One engine ruleset + session; `evaluate` returns the names of the rules that fired."""
+
+    def __init__(self, conditions: dict[str, dict]):
+        if any(name == _PRIME or not name.isidentifier() for name in conditions):
+            raise ValueError("rule names must be identifiers other than the reserved prime rule")
+        defs = {name: guarded(cond) for name, cond in conditions.items()}
+        defs[_PRIME] = {"all": [{"m": {"$ex": {_PRIME: 1}}}]}
+        # Ruleset names are never reused: the engine cannot replace a ruleset by name.
+        self.name = "txgate_rules_%d" % next(_versions)
+        self._lock = threading.Lock()
+        self._handle = dre.create_ruleset(self.name, to_json(defs))
+        # delete_state segfaults on a session where no action ever ran: run one now.
+        if self._fire('{"sid":"0","id":"prime","%s":1}' % _PRIME) != [_PRIME]:
+            dre.delete_ruleset(self._handle)
+            raise RuntimeError("engine self-check failed")
+
+    def evaluate(self, fact_body: str) -> list[str]:
+        """Fire the rules for one fact, given as the JSON members without braces (already encoded)."""
+        return self._fire('{%s,"sid":"0","id":"tx","%s":1}' % (fact_body, GUARD_FIELD) if fact_body
+                          else '{"sid":"0","id":"tx","%s":1}' % GUARD_FIELD)
+
+    def _fire(self, js: str) -> list[str]:
+        # One session is shared by every call, so calls must not interleave across threads.
+        with self._lock:
+            if self._handle is None:
+                raise RuntimeError("rule set is closed")
+            code, state = dre.assert_fact(self._handle, js)[:2]
+            if code == 1:          # nothing matched, nothing stored
+                return []
+            if code != 0:
+                raise RuntimeError("engine assert_fact returned %d" % code)
+            fired: dict[str, None] = {}
+            try:
+                res = dre.start_action_for_state(self._handle, state)
+                nxt = res[1] if res else None
+                while nxt:
+                    # One action per firing; `$or` fires once per true branch, hence the dict.
+                    fired[next(iter(json.loads(nxt)))] = None
+                    nxt = dre.complete_and_start_action(self._handle, state)
+            finally:
+                dre.retract_fact(self._handle, js)
+            return list(fired)
+
+    def close(self) -> None:
+        """Free the ruleset and its session (idempotent)."""
+        with self._lock:
+            if self._handle is None:
+                return
+            dre.delete_state(self._handle, "0")   # without it the session leaks
+            dre.delete_ruleset(self._handle)
+            self._handle = None
