@@ -1,0 +1,23 @@
+"""Shared state: one interface (``base``), an in-process and a Redis implementation."""
+
+from __future__ import annotations
+
+from gateway.state.base import StateBackend, StateError
+from gateway.state.memory import MemoryBackend
+
+__all__ = ["MemoryBackend", "StateBackend", "StateError", "create_backend"]
+
+
+def create_backend(backend: str, url: str | None = None, cluster: bool = False,
+                   timeout_ms: int = 100) -> StateBackend:
+    """The backend named by the configuration (``memory`` or ``redis``)."""
+    if backend == "memory":
+        return MemoryBackend()
+    if backend == "redis":
+        if not url:
+            raise ValueError("the redis state backend needs a url")
+        # Imported here so that a memory-only deployment never loads the redis client.
+        from gateway.state.redis import RedisBackend
+
+        return RedisBackend(url, cluster=cluster, timeout_ms=timeout_ms)
+    raise ValueError(f"unknown state backend {backend!r} (expected memory or redis)")

@@ -9,6 +9,11 @@ multi-key operation on one entity stays in one slot.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.velocity.ops import Batch
 
 
 class StateError(Exception):
@@ -76,3 +81,11 @@ class StateBackend(ABC):
     @abstractmethod
     async def hgetall(self, key: str) -> dict[str, bytes]:
         """Every field of a record collection."""
+
+    @abstractmethod
+    async def velocity(self, batches: Sequence[Batch]) -> list[list[int]]:
+        """Apply each batch of counter operations atomically; one result list per batch.
+
+        Each batch holds the keys of one entity (one hash tag), so a cluster may run the
+        batches on different nodes concurrently; ``gateway.velocity`` defines the semantics.
+        """

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from gateway.state.base import StateBackend
+from gateway.velocity.memory import apply_batches
+from gateway.velocity.ops import Batch
 
 
 class MemoryBackend(StateBackend):
@@ -86,3 +89,6 @@ class MemoryBackend(StateBackend):
     async def hgetall(self, key: str) -> dict[str, bytes]:
         record = self._live(key)
         return dict(record) if isinstance(record, dict) else {}
+
+    async def velocity(self, batches: Sequence[Batch]) -> list[list[int]]:
+        return apply_batches(self, batches)

@@ -1,0 +1,134 @@
+"""Redis state backend: the shared store for a fleet of gateways (single server or cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+from redis.retry import Retry
+
+from gateway.state.base import StateBackend, StateError
+from gateway.velocity import redis as velocity_script
+from gateway.velocity.ops import Batch
+
+T = TypeVar("T")
+
+# Atomic "store if greater": GET + compare + SET must not interleave with another gateway.
+_ADVANCE = """
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# INCR and the first increment's TTL together, so a key can never be left without expiry.
+_INCR = """
+local value = redis.call('INCR', KEYS[1])
+if value == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return value
+"""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisBackend(StateBackend):
+    """redis.asyncio client with a connection pool; every failure becomes a StateError."""
+
+    name = "redis"
+
+    def __init__(self, url: str, cluster: bool = False, timeout_ms: int = 100):
+        self.cluster = cluster
+        timeout = timeout_ms / 1000
+        # No client-side retries: a slow or absent store must fail within timeout_ms so that
+        # on_state_error decides, instead of the request waiting through a backoff schedule.
+        options = dict(
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=False,
+        )
+        if cluster:
+            self._client = RedisCluster.from_url(url, **options)
+        else:
+            self._client = Redis.from_url(url, **options)
+        self._advance = self._client.register_script(_ADVANCE)
+        self._incr = self._client.register_script(_INCR)
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
+            # The message names the failure's kind only: keys and values may be secrets.
+            raise StateError(operation, type(exc).__name__) from None
+
+    async def start(self) -> None:
+        await self.ping()
+
+    async def close(self) -> None:
+        try:
+            await self._client.aclose()
+        except (RedisError, OSError):
+            pass
+
+    async def ping(self) -> None:
+        await self._call("ping", self._client.ping)
+
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        stored = await self._call(
+            "claim", lambda: self._client.set(key, b"1", px=_ms(ttl_s), nx=True))
+        return bool(stored)
+
+    async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        px = None if ttl_s is None else _ms(ttl_s)
+        await self._call("put", lambda: self._client.set(key, value, px=px))
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._call("get", lambda: self._client.get(key))
+
+    async def take(self, key: str) -> bytes | None:
+        return await self._call("take", lambda: self._client.getdel(key))
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete", lambda: self._client.delete(key))
+
+    async def incr(self, key: str, ttl_s: float) -> int:
+        value = await self._call("incr", lambda: self._incr(keys=[key], args=[_ms(ttl_s)]))
+        return int(value)
+
+    async def advance(self, key: str, value: int, ttl_s: float) -> bool:
+        stored = await self._call(
+            "advance", lambda: self._advance(keys=[key], args=[int(value), _ms(ttl_s)]))
+        return bool(stored)
+
+    async def hset(self, key: str, field: str, value: bytes) -> None:
+        await self._call("hset", lambda: self._client.hset(key, field, value))
+
+    async def hget(self, key: str, field: str) -> bytes | None:
+        return await self._call("hget", lambda: self._client.hget(key, field))
+
+    async def hgetall(self, key: str) -> dict[str, bytes]:
+        record = await self._call("hgetall", lambda: self._client.hgetall(key))
+        return {name.decode(): value for name, value in record.items()}
+
+    async def velocity(self, batches: Sequence[Batch]) -> list[list[int]]:
+        if not batches:
+            return []
+        if not self.cluster:
+            merged = await self._call("velocity", lambda: velocity_script.run_batch(
+                self._client, velocity_script.merge(batches)))
+            results, start = [], 0
+            for batch in batches:
+                results.append(merged[start:start + len(batch.ops)])
+                start += len(batch.ops)
+            return results
+        # One script per entity slot, all in flight at once: the request waits for the slowest
+        # slot, not for the sum of them.
+        return await self._call("velocity", lambda: asyncio.gather(
+            *(velocity_script.run_batch(self._client, batch) for batch in batches)))

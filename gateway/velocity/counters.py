@@ -1,0 +1,110 @@
+"""Counter plans: each declared CounterSpec compiled once into what a request needs.
+
+Keys: ``txv:{<first key attribute>=<value>}:<counter>:<aggregate>:<window|reset>[:<attr>=<value>…]``.
+The hash tag is the counter's FIRST key attribute, so every counter of one user (``[user_id]``,
+``[user_id, payee]``) shares a Redis Cluster slot and one script call. Values are
+percent-encoded so that no value can forge a brace, a separator or another entity's key. The
+aggregate and window are part of the key: a rule change that redefines a counter starts it
+afresh instead of misreading the old data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from gateway.velocity.ops import ABSENT, DISTINCT, FIRST_SEEN, NUMBER, RESET, Op
+from gateway.velocity.window import (
+    RETENTION_MS,
+    SUM_SCALE,
+    bucket_ms,
+    scaled_amount,
+    window_ttl_ms,
+)
+
+if TYPE_CHECKING:
+    from rules import CounterSpec
+
+PREFIX = "txv"
+
+
+def encode(value: object) -> str:
+    return quote(str(value), safe="")
+
+
+def member_digest(value: object) -> str:
+    """64-bit digest of a distinct member: bounded size, and no raw IBANs or ids in the store."""
+    return hashlib.blake2b(str(value).encode(), digest_size=8).hexdigest()
+
+
+def entity_tag(name: str, value: object) -> str:
+    """The hash tag of one entity; every key of that entity carries it."""
+    return "{" + f"{name}={encode(value)}" + "}"
+
+
+@dataclass(frozen=True)
+class CounterPlan:
+    """A CounterSpec with everything computable at load time computed."""
+
+    spec: CounterSpec
+    kind: str
+    window_ms: int
+    bucket_ms: int
+    ttl_ms: int
+    suffix: str
+
+    @classmethod
+    def of(cls, spec: CounterSpec) -> CounterPlan:
+        window_ms = (spec.window_s or 0) * 1000
+        if spec.aggregate in ("count", "sum"):
+            kind = NUMBER
+            width = bucket_ms(window_ms) if window_ms else 0
+            ttl = window_ttl_ms(window_ms, width) if window_ms else RETENTION_MS
+        elif spec.aggregate == "distinct":
+            kind, width, ttl = DISTINCT, 0, window_ms or RETENTION_MS
+        elif spec.aggregate == "first_seen":
+            # first_seen's window is its retention, not a sliding window.
+            kind, width, ttl = FIRST_SEEN, 0, window_ms or RETENTION_MS
+            window_ms = 0
+        else:
+            raise ValueError(f"counter {spec.name}: unknown aggregate {spec.aggregate!r}")
+        scope = f"w{spec.window_s}" if spec.window_s else f"r{spec.reset_on or 'none'}"
+        suffix = f":{spec.name}:{spec.aggregate}:{scope}"
+        return cls(spec, kind, window_ms, width, ttl, suffix)
+
+    def tag_and_key(self, attrs: dict) -> tuple[str, str] | None:
+        """(hash tag, key) for these attributes, or None when a key attribute is absent."""
+        values = []
+        for name in self.spec.key:
+            value = attrs.get(name)
+            if value is None:
+                return None
+            values.append(value)
+        tag = entity_tag(self.spec.key[0], values[0])
+        rest = "".join(f":{n}={encode(v)}" for n, v in zip(self.spec.key[1:], values[1:]))
+        return tag, f"{PREFIX}:{tag}{self.suffix}{rest}"
+
+    def op(self, key: str, attrs: dict, update: bool) -> Op:
+        """The operation for one request; an update whose field is absent becomes a read."""
+        value: int | str = 1
+        if self.spec.aggregate == "sum":
+            value = scaled_amount(attrs.get(self.spec.field)) or 0
+            update = update and value != 0
+        elif self.spec.aggregate == "distinct":
+            member = attrs.get(self.spec.field)
+            update = update and member is not None
+            value = member_digest(member) if member is not None else ""
+        return Op(key, self.kind, update, value, self.window_ms, self.bucket_ms, self.ttl_ms)
+
+    def reset(self, key: str) -> Op:
+        return Op(key, RESET, True, "", 0, 0, 0)
+
+    def feature(self, result: int) -> int | float | None:
+        """The rule attribute for a script result (None = absent)."""
+        if self.kind == FIRST_SEEN:
+            return None if result == ABSENT else result // 1000
+        if self.spec.aggregate == "sum":
+            return result / SUM_SCALE
+        return result

@@ -1,0 +1,80 @@
+"""The velocity operations in Python for MemoryBackend: the semantics of ``velocity.lua``.
+
+Everything here is synchronous, so a call is atomic with respect to the event loop exactly as a
+script is on Redis. Values live in the backend's own store (so its clock and lazy expiry apply):
+a dict bucket -> total for windowed numbers, a dict member -> last seen ms for distinct, an int
+for running totals and first-seen times.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from gateway.velocity.ops import ABSENT, DISTINCT, FIRST_SEEN, NUMBER, Batch, Op
+from gateway.velocity.window import DISTINCT_CAP, bucket_count
+
+if TYPE_CHECKING:
+    from gateway.state.memory import MemoryBackend
+
+
+def apply_batches(backend: MemoryBackend, batches: Sequence[Batch]) -> list[list[int]]:
+    """Run every batch against ``backend``'s store; one result per op, as the Lua script."""
+    # The executor is the backend's friend: it uses the store's private _live/_store so that
+    # expiry and the injectable clock behave exactly as for every other key.
+    now = math.floor(backend._clock() * 1000)
+    return [_apply(backend, batch, now) for batch in batches]
+
+
+def _apply(backend: MemoryBackend, batch: Batch, now: int) -> list[int]:
+    apply = True
+    if batch.marker is not None:
+        apply = backend._live(batch.marker) is None
+        if apply:
+            backend._store(batch.marker, b"1", batch.marker_ttl_ms / 1000)
+    return [_op(backend, op, apply and op.update, now) for op in batch.ops]
+
+
+def _op(backend: MemoryBackend, op: Op, update: bool, now: int) -> int:
+    ttl_s = op.ttl_ms / 1000
+    current = backend._live(op.key)
+    if op.kind == NUMBER and op.window_ms > 0:
+        buckets = current if isinstance(current, dict) else {}
+        if update:
+            cur = now // op.bucket_ms
+            buckets[cur] = buckets.get(cur, 0) + int(op.value)
+            backend._store(op.key, buckets, ttl_s)
+        oldest = now // op.bucket_ms - bucket_count(op.window_ms, op.bucket_ms) + 1
+        for index in [i for i in buckets if i < oldest]:
+            del buckets[index]
+        return sum(buckets.values())
+    if op.kind == NUMBER:
+        total = current if isinstance(current, int) else 0
+        if update:
+            total += int(op.value)
+            backend._store(op.key, total, ttl_s)
+        return total
+    if op.kind == DISTINCT:
+        members = current if isinstance(current, dict) else {}
+        if op.window_ms > 0:
+            for member in [m for m, seen in members.items() if seen <= now - op.window_ms]:
+                del members[member]
+        if update:
+            members[op.value] = now
+            if len(members) > DISTINCT_CAP:
+                # Same order as a Redis sorted set: by time, then by member.
+                ranked = sorted(members.items(), key=lambda item: (item[1], item[0]))
+                for member, _ in ranked[: len(members) - DISTINCT_CAP]:
+                    del members[member]
+            backend._store(op.key, members, ttl_s)
+        return len(members)
+    if op.kind == FIRST_SEEN:
+        first = current if isinstance(current, int) else None
+        if update:
+            first = now if first is None else first
+            backend._store(op.key, first, ttl_s)
+        return ABSENT if first is None else now - first
+    backend._values.pop(op.key, None)
+    backend._expiry.pop(op.key, None)
+    return 0
