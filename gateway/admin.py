@@ -1,0 +1,65 @@
+"""The admin server: health, readiness, metrics and the admin API (interface §2, §6)."""
+
+from __future__ import annotations
+
+import os
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import multiprocess
+
+from auth.admin import bearer_middleware, routes as credential_routes
+from gateway.state.base import StateError
+from rules import RuleLoadError
+
+
+def _json(data: dict, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def build_admin_app(services, admin_token: str | None) -> web.Application:
+    app = web.Application(middlewares=[bearer_middleware(admin_token, prefix="/admin/")])
+
+    async def healthz(_):
+        return _json({"status": "ok"})
+
+    async def readyz(_):
+        details: dict = {"rules": None, "state": "ok", "decision_log": services.decision_log.failing}
+        ready = True
+        try:
+            details["rules"] = services.rulebook.current.version
+        except AttributeError:
+            ready = False
+        if services.rulebook.last_error:
+            details["rules_reload_error"] = services.rulebook.last_error
+        try:
+            await services.state.ping()
+        except StateError as exc:
+            details["state"] = f"unavailable ({exc.operation})"
+            ready = False
+        return _json({"ready": ready, **details}, 200 if ready else 503)
+
+    async def metrics(_):
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # A fresh registry per scrape sums every worker's files (prometheus-client docs).
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry = REGISTRY
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def reload_rules(_):
+        try:
+            rules = services.rulebook.load()
+        except RuleLoadError as exc:
+            return _json({"error": "rules_invalid", "errors": exc.errors,
+                          "version": services.rulebook.current.version}, 422)
+        return _json({"version": rules.version, "rules": len(rules.rules)})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/admin/rules/reload", reload_rules)
+    app.router.add_routes(credential_routes(services.credentials))
+    return app

@@ -1,0 +1,22 @@
+"""Read a request body within ``max_body_bytes``, refusing a larger one before reading it whole."""
+
+from aiohttp import web
+
+from gateway.errors import GatewayError
+
+_TOO_LARGE = "the request body is larger than this gateway accepts"
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise GatewayError(413, "body_too_large", _TOO_LARGE)
+    if not request.body_exists:
+        return b""
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:    # chunked bodies announce no length: stop at the limit
+            raise GatewayError(413, "body_too_large", _TOO_LARGE)
+        chunks.append(chunk)
+    return b"".join(chunks)

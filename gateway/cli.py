@@ -1,0 +1,161 @@
+"""The ``txgate`` command (interface §2). User mistakes end as one line on stderr, exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+
+class UsageError(Exception):
+    """A mistake the user can fix; printed as one line."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="txgate", description="Fraud and authentication gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", default=None, help="txgate.yaml (default: ./txgate.yaml if present)")
+        return p
+
+    run = command("run", "serve")
+    run.add_argument("--workers", type=int, default=1)
+    demo = command("demo", "run the embedded demo")
+    demo.add_argument("--once", action="store_true", help="exit after the scripted run")
+
+    rules = sub.add_parser("rules", help="check, test and replay rule files")
+    rsub = rules.add_subparsers(dest="action", required=True)
+    for name in ("check", "test"):
+        p = rsub.add_parser(name)
+        p.add_argument("dir", nargs="?", default=None)
+        p.add_argument("--config", default=None)
+    replay = rsub.add_parser("replay")
+    replay.add_argument("--log", required=True)
+    replay.add_argument("--rules", default=None)
+    replay.add_argument("--config", default=None)
+
+    auth = sub.add_parser("auth", help="manage credentials")
+    asub = auth.add_subparsers(dest="action", required=True)
+    add_client = asub.add_parser("add-client")
+    add_client.add_argument("id")
+    kind = add_client.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--hmac", action="store_true")
+    kind.add_argument("--public-key", metavar="PEM")
+    enroll = asub.add_parser("enroll-totp")
+    enroll.add_argument("user")
+    add_device = asub.add_parser("add-device")
+    add_device.add_argument("user")
+    add_device.add_argument("--public-key", metavar="PEM", required=True)
+    add_device.add_argument("--name", default=None)
+    asub.add_parser("list")
+    revoke = asub.add_parser("revoke")
+    revoke.add_argument("kind", choices=("client", "totp", "device"))
+    revoke.add_argument("id")
+    for p in asub.choices.values():
+        p.add_argument("--config", default=None)
+    return parser
+
+
+def _config_path(args) -> str | None:
+    if args.config:
+        return args.config
+    return "txgate.yaml" if os.path.exists("txgate.yaml") else None
+
+
+def _load_config(args):
+    from gateway.config import load_config
+    return load_config(_config_path(args))
+
+
+def _rules_dir(args, given: str | None) -> str:
+    if given:
+        return given
+    if _config_path(args):
+        return _load_config(args).rules.path
+    return "rules/default"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("TXGATE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from gateway.config import ConfigError
+    try:
+        if args.command == "run":
+            from gateway.workers import run
+            return run(_load_config(args), args.workers)
+        if args.command == "demo":
+            from gateway.demo import run_demo
+            return run_demo(once=args.once)
+        if args.command == "rules":
+            return _rules(args)
+        return _auth(args)
+    except (ConfigError, UsageError) as exc:
+        for line in str(exc).splitlines():
+            print(f"txgate: {line}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _rules(args) -> int:
+    from rules import commands
+    if args.action == "check":
+        return commands.check(_rules_dir(args, args.dir))
+    if args.action == "test":
+        return commands.run_tests(_rules_dir(args, args.dir))
+    return commands.replay(args.log, _rules_dir(args, args.rules))
+
+
+def _auth(args) -> int:
+    from auth import commands
+    from auth.errors import MasterKeyError
+    from auth.keys import load_master_key
+    from gateway.state import create_backend
+    from auth.credentials import CredentialStore
+
+    config = _load_config(args)
+    try:
+        key = load_master_key(config.auth.master_key_file)
+    except MasterKeyError as exc:
+        raise UsageError(str(exc)) from None
+    if config.state.backend == "memory":
+        raise UsageError("credentials need a shared store: set state.backend: redis in the config")
+
+    async def go() -> int:
+        state = create_backend(config.state.backend, config.state.url, config.state.cluster,
+                               config.state.timeout_ms)
+        await state.start()
+        try:
+            store = CredentialStore(state, key)
+            if args.action == "add-client":
+                pem = _read(args.public_key) if args.public_key else None
+                return await commands.add_client(store, args.id, args.hmac, pem, sys.stdout)
+            if args.action == "enroll-totp":
+                return await commands.enroll_totp(store, args.user, out=sys.stdout)
+            if args.action == "add-device":
+                return await commands.add_device(store, args.user, _read(args.public_key),
+                                                 args.name, sys.stdout)
+            if args.action == "list":
+                return await commands.list_credentials(store, sys.stdout)
+            return await commands.revoke(store, args.kind, args.id, sys.stdout)
+        finally:
+            await state.close()
+
+    return asyncio.run(go())
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

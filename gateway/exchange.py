@@ -1,0 +1,31 @@
+"""What txgate knows about one request as it moves through the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass(slots=True)
+class Exchange:
+    request: web.Request
+    request_id: str
+    started: float                       # perf_counter at arrival
+    route: Any = None                    # gateway.routing.Route
+    body: bytes = b""
+    client_id: str | None = None
+    tier: str | None = None              # the tier proven so far
+    stepped_up: bool = False
+    transaction: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)      # everything the rules see
+    features: dict = field(default_factory=dict)   # counter values
+    event_id: str | None = None
+    rules: Any = None                    # the RuleSet pinned for this request
+    decision: Any = None                 # rules.Decision
+    degraded: str | None = None          # "fail_open" | "local" when the store failed
+    error: Exception | None = None
+    forwarded: bool = False
+    upstream_status: int | None = None
+    overhead_s: float | None = None      # gateway time before the upstream was called

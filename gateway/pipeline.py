@@ -1,0 +1,177 @@
+"""One request through txgate, stage by stage, in the order of the architecture diagram.
+
+    match route · read body          (gateway.routing, gateway.body)
+    authenticate the client          (auth.signatures)
+    extract the transaction          (gateway.transaction)
+    observe velocity                 (gateway.velocity, with the route's on_state_error policy)
+    decide                           (rules)
+    step up                          (auth.stepup)
+    forward                          (gateway.forward)
+    record                           (gateway.record: on-allow counters, metrics, decision log)
+
+A stage that decides ends the request by raising GatewayError or AuthError; the answer to
+both is built in gateway.responses. Every request is recorded, whatever ended it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import aiohttp
+from aiohttp import web
+
+from auth.errors import AuthError
+from auth.stepup import request_hash
+from gateway.body import read_body
+from gateway.errors import GatewayError, StateUnavailable
+from gateway.exchange import Exchange
+from gateway.features import builtin_attributes
+from gateway.forward import stream_back, upstream_headers
+from gateway.responses import error_response
+from gateway.state.base import StateError
+from metrics.definitions import FAIL_OPEN, STATE_ERRORS, UPSTREAM_DURATION, UPSTREAM_ERRORS
+
+log = logging.getLogger("txgate.pipeline")
+_TIER_RANK = {"client": 0, "otp": 1, "device": 2}
+_NO_ROUTE = GatewayError(404, "no_route", "no route matches this request")
+
+
+class Pipeline:
+    def __init__(self, services):
+        self.s = services   # gateway.services.Services: everything built once per process
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ex = Exchange(request, uuid.uuid4().hex, time.perf_counter())
+        try:
+            route = ex.route = self.s.router.match(request.method, request.path)
+            if route is None:
+                raise _NO_ROUTE
+            ex.body = await read_body(request, self.s.config.limits.max_body_bytes)
+            await self.authenticate(ex)
+            if route.config.transaction is None:
+                await self.require_tier(ex, route.config.min_tier)
+                return await self.forward(ex)
+            with self.s.rulebook.use() as rules:
+                ex.rules = rules
+                self.extract(ex)
+                await self.observe(ex)
+                self.decide(ex)
+                await self.step_up(ex)
+                if ex.decision.action == "deny":
+                    raise GatewayError(403, "transaction_denied", "the transaction was refused")
+                return await self.forward(ex)
+        except (GatewayError, AuthError) as exc:
+            ex.error = exc
+            return error_response(exc, ex.request_id)
+        finally:
+            self.s.recorder.record(ex)
+
+    async def authenticate(self, ex: Exchange) -> None:
+        req = ex.request
+        target = f"{req.scheme}://{req.host}{req.raw_path}"
+        verifier = self.s.verifier
+        try:
+            ex.client_id = await verifier.verify(req.method, target, req.headers, ex.body)
+        except StateError as exc:
+            # Replay protection needs the store: a fleet without it cannot tell replays apart.
+            self._state_failed(ex, exc)
+            ex.client_id = await self.s.local_verifier.verify(req.method, target, req.headers, ex.body)
+        ex.tier = "client"
+
+    def extract(self, ex: Exchange) -> None:
+        req = ex.request
+        ex.transaction = ex.route.extractor.extract(ex.body, req.headers, ex.client_id)
+        ex.attrs = {**builtin_attributes(ex), **ex.transaction}
+
+    async def observe(self, ex: Exchange) -> None:
+        velocity = self.s.velocity_for(ex.rules)
+        ex.event_id = self.s.event_id(ex)
+        try:
+            ex.features = await velocity.shared.observe(ex.attrs, ex.event_id)
+        except StateError as exc:
+            self._state_failed(ex, exc)
+            ex.features = await velocity.local.observe(ex.attrs, ex.event_id) \
+                if ex.degraded == "local" else {}
+        ex.attrs.update(ex.features)
+
+    def _state_failed(self, ex: Exchange, exc: StateError) -> None:
+        """Apply the route's on_state_error policy: the one place it is decided."""
+        STATE_ERRORS.labels(exc.operation).inc()
+        policy = ex.route.config.on_state_error
+        if policy == "fail_closed":
+            raise StateUnavailable() from None
+        ex.degraded = policy
+        FAIL_OPEN.labels(ex.route.name, policy).inc()
+
+    def decide(self, ex: Exchange) -> None:
+        ex.decision = ex.rules.decide(ex.attrs, ex.route.name)
+
+    async def step_up(self, ex: Exchange) -> None:
+        required = ex.route.config.min_tier
+        wanted = ex.decision.required_tier
+        if wanted and _TIER_RANK[wanted] > _TIER_RANK[required]:
+            required = wanted
+        answered = "Txgate-Challenge" in ex.request.headers
+        if not answered and _TIER_RANK[required] <= _TIER_RANK[ex.tier]:
+            return
+        tier = await self._check(ex, required, ex.request.headers)
+        if tier != ex.tier:
+            # The rules see the tier the request proved; a stronger tier may change the decision.
+            ex.tier = ex.attrs["tier"] = tier
+            ex.stepped_up = True
+            self.decide(ex)
+            wanted = ex.decision.required_tier
+            if wanted and _TIER_RANK[wanted] > _TIER_RANK[tier]:
+                await self._check(ex, wanted, {})
+
+    async def _check(self, ex: Exchange, required: str, headers) -> str:
+        try:
+            return await self.s.stepup.check(
+                required, ex.tier, ex.transaction.get("user_id"),
+                request_hash(ex.request.method, ex.request.raw_path, ex.body),
+                ex.transaction, headers)
+        except StateError as exc:
+            STATE_ERRORS.labels(exc.operation).inc()
+            raise StateUnavailable() from None   # step-up never degrades: it guards money
+
+    async def require_tier(self, ex: Exchange, min_tier: str) -> None:
+        # Pass-through routes have no transaction and no user: only the client tier exists.
+        if _TIER_RANK[min_tier] > _TIER_RANK[ex.tier]:
+            raise GatewayError(403, "insufficient_tier", "this route needs a user tier")
+
+    async def forward(self, ex: Exchange) -> web.StreamResponse:
+        req, route = ex.request, ex.route
+        added = {"Txgate-Request-Id": ex.request_id, "Txgate-Tier": ex.tier}
+        if ex.decision is not None:
+            added["Txgate-Decision"] = ex.decision.action
+            added["Txgate-Risk-Score"] = _score(ex.decision.score)
+        headers = upstream_headers(req.headers, client_ip=req.remote or "unknown", proto=req.scheme,
+                                   host=req.host, added=added)
+        ex.overhead_s = time.perf_counter() - ex.started
+        sent = time.perf_counter()
+        try:
+            upstream = await self.s.forwarder.open(req.method, route.config.upstream + req.raw_path,
+                                                   headers, ex.body)
+        except GatewayError as exc:
+            UPSTREAM_ERRORS.labels(route.name, exc.code.removeprefix("upstream_")).inc()
+            raise
+        UPSTREAM_DURATION.labels(route.name).observe(time.perf_counter() - sent)
+        ex.forwarded = True
+        ex.upstream_status = upstream.status
+        after = asyncio.ensure_future(self.s.recorder.after_forward(ex)) if ex.decision else None
+        try:
+            return await stream_back(req, upstream, {"Txgate-Request-Id": ex.request_id})
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # The status line is already sent: all we can do is cut the connection and count it.
+            UPSTREAM_ERRORS.labels(route.name, "stream").inc()
+            raise ConnectionResetError("upstream stream broke") from exc
+        finally:
+            if after is not None:
+                await after
+
+
+def _score(score: float) -> str:
+    return str(int(score)) if float(score).is_integer() else f"{score:.2f}"

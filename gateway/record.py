@@ -1,0 +1,100 @@
+"""After the decision: ``on: allow`` counters, metrics and the decision log (interface §6–7)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from auth.errors import AuthError
+from gateway.state.base import StateError
+from metrics.definitions import (AUTH_FAILURES, BAD_REQUESTS, OVERHEAD, REQUESTS, RISK_SCORE,
+                                 RULE_HITS, STATE_ERRORS)
+
+log = logging.getLogger("txgate.record")
+_UNMATCHED = "_unmatched"   # the one route label for requests that matched no route
+
+
+def outcome(ex) -> str:
+    """The decision label of the contract: allow, review, step_up, deny or error."""
+    error = ex.error
+    if error is None:
+        return "review" if ex.decision is not None and ex.decision.action == "review" else "allow"
+    if isinstance(error, AuthError) and error.code == "insufficient_user_authentication":
+        return "step_up"
+    if getattr(error, "code", None) == "transaction_denied":
+        return "deny"
+    return "error"
+
+
+class Recorder:
+    def __init__(self, decision_log, velocity_for):
+        self._log = decision_log
+        self._velocity_for = velocity_for
+
+    def record(self, ex) -> None:
+        route = ex.route.name if ex.route is not None else _UNMATCHED
+        decided = outcome(ex)
+        REQUESTS.labels(route, decided).inc()
+        if decided == "error" and ex.error is not None:
+            if isinstance(ex.error, AuthError) and ex.error.code == "invalid_signature":
+                AUTH_FAILURES.labels(ex.error.reason).inc()
+            else:
+                BAD_REQUESTS.labels(route, ex.error.code).inc()
+        elapsed = time.perf_counter() - ex.started
+        overhead = ex.overhead_s if ex.overhead_s is not None else elapsed
+        OVERHEAD.labels(route).observe(overhead)
+        decision = ex.decision
+        if decision is not None:
+            RISK_SCORE.labels(route).observe(decision.score)
+            for hit in decision.hits:
+                RULE_HITS.labels(hit.rule, hit.action or "score", hit.mode).inc()
+        if ex.route is not None and ex.route.config.transaction is not None:
+            self._log.write(self._entry(ex, decided, elapsed))
+
+    def _entry(self, ex, decided: str, elapsed: float) -> dict:
+        decision = ex.decision
+        entry = {
+            "ts": time.time(),
+            "request_id": ex.request_id,
+            "route": ex.route.name,
+            "client_id": ex.client_id,
+            "user_id": ex.transaction.get("user_id"),
+            "tier": ex.tier,
+            "decision": decided,
+            "action": decision.action if decision else None,
+            "score": decision.score if decision else None,
+            "rules": [_hit(h) for h in decision.hits] if decision else [],
+            "features": ex.attrs,
+            "transaction": ex.transaction,
+            "latency_ms": round(elapsed * 1000, 3),
+            "rules_version": ex.rules.version if ex.rules is not None else None,
+            "status": ex.error.status if ex.error is not None else ex.upstream_status,
+        }
+        if ex.error is not None:
+            entry["error"] = ex.error.code
+        if ex.degraded:
+            entry["degraded"] = ex.degraded
+        return entry
+
+    async def after_forward(self, ex) -> None:
+        """Count a forwarded transaction in ``on: allow`` counters; reset after a step-up."""
+        if ex.upstream_status is None or ex.upstream_status >= 400 or ex.degraded == "fail_open":
+            return
+        velocity = self._velocity_for(ex.rules)
+        target = velocity.local if ex.degraded == "local" else velocity.shared
+        try:
+            await target.record_allowed(ex.attrs, ex.event_id)
+            if ex.stepped_up:
+                await target.strong_auth(ex.attrs)
+        except StateError as exc:
+            STATE_ERRORS.labels(exc.operation).inc()
+            log.error("on-allow counters not updated for request %s: %s", ex.request_id, exc)
+
+
+def _hit(hit) -> dict:
+    out = {"id": hit.rule, "mode": hit.mode}
+    if hit.action is not None:
+        out["action"] = hit.action
+    if hit.score is not None:
+        out["score"] = hit.score
+    return out

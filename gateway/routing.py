@@ -1,0 +1,46 @@
+"""Match a request to its configured route: exact paths first, then the longest prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import RouteConfig
+from gateway.transaction import TransactionExtractor
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    config: RouteConfig
+    extractor: TransactionExtractor
+    methods: frozenset[str]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+class Router:
+    def __init__(self, routes: tuple[RouteConfig, ...]):
+        self.routes = tuple(Route(r, TransactionExtractor(r), frozenset(r.match.methods)) for r in routes)
+        self._exact: dict[str, list[Route]] = {}
+        for route in self.routes:
+            if route.config.match.path is not None:
+                self._exact.setdefault(route.config.match.path, []).append(route)
+        self._prefixes = sorted((r for r in self.routes if r.config.match.path_prefix is not None),
+                                key=lambda r: len(r.config.match.path_prefix), reverse=True)
+
+    def match(self, method: str, path: str) -> Route | None:
+        for route in self._exact.get(path, ()):
+            if method in route.methods:
+                return route
+        for route in self._prefixes:
+            if path.startswith(route.config.match.path_prefix) and method in route.methods:
+                return route
+        return None
+
+    def attribute_types(self) -> dict[str, str]:
+        """Every transaction attribute any route declares, with its rule-level type."""
+        types: dict[str, str] = {}
+        for route in self.routes:
+            types.update(route.extractor.attribute_types)
+        return types

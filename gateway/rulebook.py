@@ -1,0 +1,117 @@
+"""The loaded rule set and its hot reload (``reload: watch | signal | off`` and the admin API).
+
+Reload parses, compiles and validates everything first and swaps one reference afterwards, so
+a broken rule file never replaces working rules and no request sees half a rule set: each
+request holds the set it started with (``book.use()``) until it ends, and a retired set is
+closed only once the last such request is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from rules import RuleLoadError, RuleSet, load_rules
+
+from metrics.definitions import RULES_INFO, RULES_RELOADS
+
+log = logging.getLogger("txgate.rules")
+
+
+class _Active:
+    __slots__ = ("rules", "users", "retired")
+
+    def __init__(self, rules: RuleSet):
+        self.rules, self.users, self.retired = rules, 0, False
+
+    def release(self) -> None:
+        if self.retired and self.users == 0:
+            self.rules.close()
+
+
+class RuleBook:
+    def __init__(self, path: str | Path, attribute_types: dict[str, str]):
+        self.path = Path(path)
+        self._types = attribute_types
+        self._active: _Active | None = None
+        self.last_error: str | None = None
+        self._watcher: asyncio.Task | None = None
+        self.listeners: list = []   # called with the new RuleSet after every successful swap
+
+    @property
+    def current(self) -> RuleSet:
+        return self._active.rules
+
+    def load(self) -> RuleSet:
+        """Load from disk and swap in; raises RuleLoadError and keeps the running set on failure."""
+        try:
+            rules = load_rules(self.path, self._types)
+        except RuleLoadError as exc:
+            RULES_RELOADS.labels("failure").inc()
+            self.last_error = "\n".join(exc.errors)
+            log.error("rule reload failed, keeping version %s:\n%s",
+                      self._active.rules.version if self._active else "(none)", self.last_error)
+            raise
+        old = self._active
+        self._active = _Active(rules)
+        for listener in self.listeners:
+            listener(rules)
+        if old is not None:
+            RULES_INFO.remove(old.rules.version, str(len(old.rules.rules)))
+            old.retired = True
+            old.release()
+        RULES_INFO.labels(rules.version, str(len(rules.rules))).set(1)
+        RULES_RELOADS.labels("success").inc()
+        self.last_error = None
+        log.info("rules version %s loaded: %d rules, %d counters", rules.version,
+                 len(rules.rules), len(rules.counters))
+        return rules
+
+    @contextlib.contextmanager
+    def use(self):
+        """The rule set one request decides with, pinned until the request ends."""
+        active = self._active
+        active.users += 1
+        try:
+            yield active.rules
+        finally:
+            active.users -= 1
+            active.release()
+
+    def reload_quietly(self) -> None:
+        with contextlib.suppress(RuleLoadError):
+            self.load()
+
+    def _fingerprint(self) -> tuple:
+        try:
+            return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                                for p in self.path.glob("*.yaml")))
+        except OSError:
+            return ()
+
+    def watch(self, interval_s: float = 1.0) -> None:
+        """Reload when the directory's files change and then stay unchanged for one interval."""
+        async def loop():
+            seen = self._fingerprint()
+            while True:
+                await asyncio.sleep(interval_s)
+                now = self._fingerprint()
+                if now == seen:
+                    continue
+                await asyncio.sleep(interval_s / 2)   # debounce an editor's burst of writes
+                settled = self._fingerprint()
+                if settled == now:
+                    seen = now
+                    self.reload_quietly()
+        self._watcher = asyncio.get_running_loop().create_task(loop())
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._active is not None:
+            self._active.retired = True
+            self._active.release()

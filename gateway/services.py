@@ -1,0 +1,91 @@
+"""Everything one gateway process builds once from its configuration and shares across requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from auth.credentials import CredentialStore
+from auth.signatures import SignatureVerifier
+from auth.stepup import StepUp
+from gateway.config import Config
+from gateway.decision_log import DecisionLog, FileSink, RedisStreamSink
+from gateway.forward import Forwarder
+from gateway.record import Recorder
+from gateway.routing import Router
+from gateway.rulebook import RuleBook
+from gateway.state import create_backend
+from gateway.state.memory import MemoryBackend
+from gateway.velocity import Velocity
+from metrics.definitions import STEPUP
+
+
+@dataclass(frozen=True, slots=True)
+class VelocityPair:
+    shared: Velocity     # on the configured state backend
+    local: Velocity      # per-process counters for on_state_error: local
+
+
+class Services:
+    def __init__(self, config: Config, master_key):
+        self.config = config
+        self.router = Router(config.routes)
+        self.state = create_backend(config.state.backend, config.state.url, config.state.cluster,
+                                    config.state.timeout_ms)
+        self.local_state = MemoryBackend()
+        self.credentials = CredentialStore(self.state, master_key)
+        skew = config.auth.signature.max_skew_s
+        self.verifier = SignatureVerifier(self.credentials, self.state, max_skew_s=skew)
+        self.local_verifier = SignatureVerifier(self.credentials, self.local_state, max_skew_s=skew)
+        totp = config.auth.totp
+        self.stepup = StepUp(self.credentials, self.state, totp_digits=totp.digits,
+                             totp_period=totp.period, totp_valid_window=totp.valid_window,
+                             max_failures=totp.max_failures, lockout_s=totp.lockout_s,
+                             challenge_ttl_s=config.auth.challenge_ttl_s,
+                             on_outcome=lambda method, outcome: STEPUP.labels(method, outcome).inc())
+        self.rulebook = RuleBook(config.rules.path, self.router.attribute_types())
+        self._velocity: dict[str, VelocityPair] = {}
+        self.rulebook.listeners.append(self._rebuild_velocity)
+        self.forwarder = Forwarder(config.limits.upstream_timeout_s)
+        self.decision_log = DecisionLog(self._sinks(), config.decision_log.queue_size)
+        self.recorder = Recorder(self.decision_log, self.velocity_for)
+
+    def _sinks(self) -> list:
+        cfg = self.config.decision_log
+        sinks = []
+        if cfg.path:
+            sinks.append(FileSink(cfg.path))
+        if cfg.redis_stream:
+            import redis.asyncio as aioredis
+            url = self.config.state.url or "redis://127.0.0.1:6379"
+            sinks.append(RedisStreamSink(aioredis.Redis.from_url(url), cfg.redis_stream, cfg.redis_maxlen))
+        return sinks
+
+    def _rebuild_velocity(self, rules) -> None:
+        # Counters change with the rules; both views are built at load time, never per request.
+        self._velocity = {rules.version: VelocityPair(Velocity(rules.counters, self.state),
+                                                      Velocity(rules.counters, self.local_state))}
+
+    def velocity_for(self, rules) -> VelocityPair:
+        pair = self._velocity.get(rules.version)
+        if pair is None:   # a request still pinned to the previous set
+            pair = VelocityPair(Velocity(rules.counters, self.state),
+                                Velocity(rules.counters, self.local_state))
+        return pair
+
+    @staticmethod
+    def event_id(ex) -> str:
+        """Identifies a transaction across its step-up repeat, so it is counted once."""
+        challenge = ex.request.headers.get("Txgate-Challenge")
+        return f"{ex.transaction.get('user_id')}|{challenge}" if challenge else ex.request_id
+
+    async def start(self) -> None:
+        await self.state.start()
+        await self.forwarder.start()
+        self.rulebook.load()
+        self.decision_log.start()
+
+    async def close(self) -> None:
+        await self.forwarder.close()
+        await self.decision_log.close()
+        await self.rulebook.close()
+        await self.state.close()

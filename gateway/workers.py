@@ -1,0 +1,115 @@
+"""``txgate run``: one process, or N workers sharing the port with SO_REUSEPORT.
+
+With workers, metrics use prometheus-client's multiprocess mode: txgate creates the directory
+before any metric exists, each worker writes its own files, ``/metrics`` on any worker sums
+them, a dead worker is marked with ``mark_process_dead`` and the directory is removed at exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import tempfile
+
+
+class StartupError(Exception):
+    """The gateway cannot start; the message says why in one line per problem."""
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def serve(config, master_key, admin_token: str | None, reuse_port: bool) -> int:
+    """Serve in this process until SIGTERM; 0 on a clean stop."""
+    from gateway.server import GatewayServer
+    from rules import RuleLoadError
+
+    _install_uvloop()
+
+    async def main() -> int:
+        server = GatewayServer(config, master_key, admin_token, reuse_port=reuse_port)
+        try:
+            await server.start()
+        except RuleLoadError as exc:
+            await server.shutdown()
+            raise StartupError("rules did not load:\n" + "\n".join(exc.errors)) from None
+        except OSError as exc:
+            await server.shutdown()
+            raise StartupError(f"cannot listen: {exc.strerror or exc}") from None
+        server.install_signals()
+        await server.serve()
+        return 0
+
+    return asyncio.run(main())
+
+
+def run(config, workers: int) -> int:
+    from auth.errors import MasterKeyError
+    from auth.keys import load_master_key
+    from gateway.cli import UsageError
+
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if workers > 1 and config.state.backend == "memory":
+        raise UsageError("--workers N>1 needs state.backend: redis "
+                         "(memory counters and nonces would be per worker)")
+    try:
+        key = load_master_key(config.auth.master_key_file)
+    except MasterKeyError as exc:
+        raise UsageError(str(exc)) from None
+    token = os.environ.get("TXGATE_ADMIN_TOKEN")
+    try:
+        if workers == 1:
+            return serve(config, key, token, reuse_port=False)
+        return _supervise(config, key, token, workers)
+    except StartupError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _supervise(config, key, token: str | None, workers: int) -> int:
+    metrics_dir = tempfile.mkdtemp(prefix="txgate-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    children: list[int] = []
+    try:
+        for _ in range(workers):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    code = serve(config, key, token, reuse_port=True)
+                except StartupError as exc:
+                    print(f"txgate: {exc}", file=sys.stderr)
+                finally:
+                    os._exit(code)
+            children.append(pid)
+
+        def forward(signum, _frame):
+            for child in children:
+                try:
+                    os.kill(child, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        from prometheus_client import multiprocess
+        status = 0
+        while children:
+            pid, code = os.wait()
+            if pid in children:
+                children.remove(pid)
+                multiprocess.mark_process_dead(pid)
+                if os.waitstatus_to_exitcode(code) != 0:
+                    status = 1
+                    forward(signal.SIGTERM, None)   # one worker failed: stop the rest cleanly
+        return status
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

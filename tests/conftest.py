@@ -1,0 +1,3 @@
+"""Fixtures every test package may use: real processes (upstream, txgate) and real Redis."""
+
+pytest_plugins = ["tests.fixtures.processes", "tests.fixtures.redis"]

@@ -1,0 +1,77 @@
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config
+
+ROUTE = {"name": "payments", "match": {"path": "/v1/payments", "methods": ["POST"]},
+         "upstream": "http://127.0.0.1:9000"}
+
+
+def errors_of(data, env=None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env or {})
+    return str(info.value).splitlines()
+
+
+def test_defaults_match_the_contract():
+    config = parse_config({}, {})
+    assert config.listen == "0.0.0.0:8080"
+    assert config.admin_listen == "127.0.0.1:9090"
+    assert config.state.backend == "memory" and config.state.timeout_ms == 100
+    assert config.rules.path == "rules/default" and config.rules.reload == "watch"
+    assert config.limits.max_body_bytes == 1048576 and config.limits.upstream_timeout_s == 10
+    assert config.auth.totp.max_failures == 5 and config.auth.totp.lockout_s == 900
+    assert config.auth.challenge_ttl_s == 300
+    assert config.decision_log.path == "decisions.jsonl"
+
+
+def test_errors_name_their_key_path_and_are_all_reported():
+    lines = errors_of({"routes": [ROUTE, {**ROUTE, "name": "b", "upstream": "ftp:/x", "bogus": 1}],
+                       "limits": {"max_body_bytes": -1}})
+    assert "routes[1].upstream: not a URL (expected http://host:port)" in lines
+    assert "routes[1].bogus: unknown key" in lines
+    assert any(line.startswith("limits.max_body_bytes: ") for line in lines)
+
+
+def test_unknown_top_level_and_nested_keys_are_errors():
+    assert errors_of({"listne": "x"}) == ["listne: unknown key"]
+    assert errors_of({"auth": {"totp": {"digit": 6}}}) == ["auth.totp.digit: unknown key"]
+
+
+def test_transaction_short_and_long_forms():
+    route = {**ROUTE, "transaction": {"user_id": "json:$.user_id", "amount": "json:$.amount",
+                                      "device_id": {"from": "header:X-Device-Id", "required": False},
+                                      "count": {"from": "json:$.items[0].n", "type": "integer"}}}
+    fields = parse_config({"routes": [route]}, {}).routes[0].transaction
+    assert fields["user_id"].source == "json:$.user_id" and fields["user_id"].required
+    assert not fields["device_id"].required
+    assert fields["count"].type == "integer"
+
+
+def test_bad_transaction_source_and_type_are_named():
+    route = {**ROUTE, "transaction": {"amount": "body.amount", "x": {"from": "json:$.x", "type": "money"}}}
+    lines = errors_of({"routes": [route]})
+    assert any(line.startswith("routes[0].transaction.amount.from: ") for line in lines)
+    assert any(line.startswith("routes[0].transaction.x.type: ") for line in lines)
+
+
+def test_match_needs_exactly_one_path_and_names_are_unique():
+    lines = errors_of({"routes": [{**ROUTE, "match": {"methods": ["GET"]}}, ROUTE]})
+    assert lines == ["routes[0].match: exactly one of path or path_prefix"]
+    assert errors_of({"routes": [ROUTE, ROUTE]}) == ["routes: route name 'payments' is used twice"]
+
+
+def test_redis_url_comes_from_the_environment():
+    assert errors_of({"state": {"backend": "redis"}}) == [
+        "state: the redis backend needs url (or TXGATE_REDIS_URL)"]
+    config = parse_config({"state": {"backend": "redis"}}, {"TXGATE_REDIS_URL": "redis://h:1/0"})
+    assert config.state.url == "redis://h:1/0"
+
+
+def test_file_errors_carry_the_file_name(tmp_path):
+    path = tmp_path / "txgate.yaml"
+    path.write_text("listen: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"txgate\.yaml:\d+: not valid YAML"):
+        load_config(path)
+    path.write_text("state: {backend: postgres}\n")
+    with pytest.raises(ConfigError, match=r"txgate\.yaml: state\.backend: "):
+        load_config(path)
