@@ -1,0 +1,182 @@
+"""Step-up: raise a request from the tier it proved to the tier its risk needs.
+
+``StepUp.check`` is the pipeline's one call. Given the required and proven tiers it either
+returns the tier achieved, or raises ``AuthError``:
+
+- 401 ``insufficient_user_authentication`` with a fresh challenge (header and body of the
+  contract) when the request carries no answer, a wrong one, or one for an expired, used or
+  foreign challenge. Every failure looks the same to the client: it never says whether the
+  challenge, the code, the device or the transaction was wrong.
+- 423 ``user_locked`` once ``max_failures`` consecutive wrong answers were given; the lock lasts
+  ``lockout_s`` (``Retry-After`` says how long) and then the user starts again with a clean
+  count. A success resets the count.
+- 403 ``enrollment_required`` when the user has no active credential for the tier needed (or
+  the route names no user): asking for a code nobody can produce would only loop.
+
+Counting: wrong answers (bad code, replayed code, bad device signature, unknown device,
+challenge for another transaction or a weaker method) count toward the lockout. An answer to
+a challenge that no longer exists (expired, already used, another user's) is not counted:
+nothing was verified, so nothing was guessed. The count lives ``failure_window_s`` (24 h
+by default) after the first failure. A locked user is refused step-up only: a request whose
+proven tier already suffices is not a strong authentication and passes untouched.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Callable, Mapping
+
+from auth.challenges import Challenge, ChallengeStore, request_hash  # noqa: F401 (re-export)
+from auth.credentials import CredentialStore
+from auth.devices import decode_signature, signing_payload
+from auth.errors import AuthError
+from auth.totp import Totp
+from gateway.state.base import StateBackend
+
+TIERS = ("client", "otp", "device")
+_RANK = {tier: rank for rank, tier in enumerate(TIERS)}
+H_CHALLENGE = "Txgate-Challenge"
+H_OTP = "Txgate-OTP"
+H_DEVICE_SIGNATURE = "Txgate-Device-Signature"
+H_DEVICE_ID = "Txgate-Device-Id"
+
+
+def tier_rank(tier: str) -> int:
+    """Position of ``tier`` in client < otp < device; ValueError for anything else."""
+    try:
+        return _RANK[tier]
+    except KeyError:
+        raise ValueError(f"unknown tier {tier!r}") from None
+
+
+def _get(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None and not hasattr(headers, "getall"):
+        lowered = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
+    return value.strip() if value else None
+
+
+class StepUp:
+    """Challenge issuance and verification of OTP and device answers, with lockout."""
+
+    def __init__(self, store: CredentialStore, state: StateBackend, totp_digits: int = 6,
+                 totp_period: int = 30, totp_valid_window: int = 1, max_failures: int = 5,
+                 lockout_s: int = 900, challenge_ttl_s: int = 300,
+                 on_outcome: Callable[[str, str], None] | None = None,
+                 failure_window_s: int = 86400, clock=time.time):
+        self._store = store
+        self._state = state
+        self.totp = Totp(totp_digits, totp_period, totp_valid_window)
+        self.challenges = ChallengeStore(state, challenge_ttl_s, clock)
+        self._max_failures = max_failures
+        self._lockout_s = lockout_s
+        self._failure_window_s = max(failure_window_s, lockout_s)
+        self._on_outcome = on_outcome or (lambda method, outcome: None)
+        self._clock = clock
+
+    @staticmethod
+    def _keys(user: str) -> tuple[str, str, str]:
+        tag = f"{{u:{user}}}"
+        return f"{tag}:auth:failures", f"{tag}:auth:locked", f"{tag}:totp:step"
+
+    async def check(self, required_tier: str, proven_tier: str, user_id: str | None,
+                    request_hash: bytes, transaction: Mapping, headers: Mapping[str, str]) -> str:
+        """The tier achieved (``proven_tier`` when it suffices, else "otp" or "device");
+        raises AuthError 401 (challenge), 403 (nothing enrolled) or 423 (locked)."""
+        if tier_rank(proven_tier) >= tier_rank(required_tier):
+            return proven_tier
+        if not user_id:
+            raise AuthError(403, "enrollment_required", "no_user")
+        failures_key, locked_key, _ = self._keys(user_id)
+
+        challenge_id = _get(headers, H_CHALLENGE)
+        signature, device_id = _get(headers, H_DEVICE_SIGNATURE), _get(headers, H_DEVICE_ID)
+        code = _get(headers, H_OTP)
+        # A device answer wins when both are sent: it is the stronger proof.
+        method = "device" if signature and device_id else "otp" if code else None
+
+        locked_until = await self._state.get(locked_key)
+        if locked_until is not None:
+            self._on_outcome(method or required_tier, "locked")
+            raise self._locked(float(locked_until))
+
+        reason = "step_up_required"
+        if challenge_id and method:
+            challenge = await self.challenges.take(user_id, challenge_id)
+            if challenge is None:
+                self._on_outcome(method, "expired")
+                reason = "challenge_expired"
+            elif await self._verify(challenge, method, required_tier, user_id, request_hash,
+                                    transaction, code, signature, device_id):
+                await self._state.delete(failures_key)
+                self._on_outcome(method, "passed")
+                return method
+            else:
+                failures = await self._state.incr(failures_key, self._failure_window_s)
+                if failures >= self._max_failures:
+                    until = self._clock() + self._lockout_s
+                    await self._state.put(locked_key, repr(until).encode(), self._lockout_s)
+                    await self._state.delete(failures_key)
+                    self._on_outcome(method, "locked")
+                    raise self._locked(until)
+                self._on_outcome(method, "failed")
+                reason = "step_up_failed"
+        raise await self._issue(required_tier, user_id, request_hash, transaction, reason)
+
+    async def _verify(self, challenge: Challenge, method: str, required_tier: str, user: str,
+                      req_hash: bytes, transaction: Mapping, code, signature, device_id) -> bool:
+        # The answer must be as strong as both what was asked then and what is needed now
+        # (the rules may have changed between the challenge and its answer).
+        if tier_rank(method) < max(tier_rank(challenge.method), tier_rank(required_tier)):
+            return False
+        if not challenge.matches(user, req_hash):
+            return False
+        if method == "device":
+            device = await self._store.device_key(user, device_id)
+            raw = decode_signature(signature)
+            if device is None or raw is None:
+                return False
+            payload = signing_payload(challenge.id, user, transaction.get("amount"),
+                                      transaction.get("currency"), transaction.get("payee"),
+                                      req_hash)
+            return device.verify(payload, raw)
+        secret = await self._store.totp_secret(user)
+        if secret is None:
+            return False
+        step = self.totp.matching_step(secret, code, self._clock())
+        if step is None:
+            return False
+        # Each time step is accepted once per user: an equal or older step is a replay.
+        return await self._state.advance(self._keys(user)[2], step, self.totp.replay_ttl())
+
+    async def _acr(self, required_tier: str, user: str) -> str:
+        """The method to ask for: a TOTP code for "otp" (a device when the user has no TOTP
+        but a device, which proves more), a device signature for "device"."""
+        if required_tier == "otp" and await self._store.has_totp(user):
+            return "otp"
+        if await self._store.has_device(user):
+            return "device"
+        raise AuthError(403, "enrollment_required", "not_enrolled")
+
+    async def _issue(self, required_tier: str, user: str, req_hash: bytes, transaction: Mapping,
+                     reason: str) -> AuthError:
+        acr = await self._acr(required_tier, user)
+        challenge = await self.challenges.issue(user, acr, req_hash)
+        self._on_outcome(acr, "issued")
+        body = {"acr_values": acr, "challenge": challenge.id,
+                "expires_in": self.challenges.ttl_s}
+        if acr == "device":
+            payload = signing_payload(challenge.id, user, transaction.get("amount"),
+                                      transaction.get("currency"), transaction.get("payee"),
+                                      req_hash)
+            body["signing_payload"] = base64.b64encode(payload).decode("ascii")
+        header = (f'Txgate-Step-Up error="insufficient_user_authentication", '
+                  f'acr_values="{acr}", challenge="{challenge.id}"')
+        return AuthError(401, "insufficient_user_authentication", reason,
+                         headers={"WWW-Authenticate": header}, body_extra=body)
+
+    def _locked(self, until: float) -> AuthError:
+        retry = max(1, int(until - self._clock() + 0.999))
+        return AuthError(423, "user_locked", "locked", headers={"Retry-After": str(retry)})
