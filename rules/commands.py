@@ -1,0 +1,79 @@
+"""`txgate rules check | test | replay` as library functions returning exit codes.
+
+The CLI wires argparse to these; each prints user errors as lines, never a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rules.loader import RuleLoadError, load_rules, test_files
+from rules.replay import format_report, replay_lines
+from rules.ruletests import read_cases, run_case
+
+
+def _load(path, err, attribute_types):
+    try:
+        return load_rules(path, attribute_types)
+    except RuleLoadError as e:
+        for line in e.errors:
+            print(line, file=err)
+        return None
+
+
+def check(path, out=None, err=None, attribute_types: dict[str, str] | None = None) -> int:
+    """Validate a rules directory: errors as FILE:LINE: message on err; 0 when it loads."""
+    out, err = out or sys.stdout, err or sys.stderr
+    rs = _load(path, err, attribute_types)
+    if rs is None:
+        return 1
+    with rs:
+        print(f"OK: {len(rs.rules)} rules, {len(rs.counters)} counters, version {rs.version}", file=out)
+    return 0
+
+
+def run_tests(path, out=None, err=None, attribute_types: dict[str, str] | None = None) -> int:
+    """Run the *_test.yaml cases beside the rules; last line `N passed, N failed`; 1 on any failure."""
+    out, err = out or sys.stdout, err or sys.stderr
+    rs = _load(path, err, attribute_types)
+    if rs is None:
+        print("0 passed, 1 failed", file=out)
+        return 1
+    passed = failed = 0
+    with rs:
+        files = test_files(Path(path)) if Path(path).exists() else []
+        if not files:
+            print(f"{path}: no *_test.yaml files", file=err)
+        for f in files:
+            cases, errors = read_cases(f)
+            for e in errors:
+                print(e, file=err)
+            failed += len(errors)
+            for case in cases:
+                problems = run_case(case, rs)
+                if problems:
+                    failed += 1
+                    print(f"FAIL {case.where}: {case.name}", file=out)
+                    for p in problems:
+                        print(f"    {p}", file=out)
+                else:
+                    passed += 1
+    print(f"{passed} passed, {failed} failed", file=out)
+    return 1 if failed or not passed else 0
+
+
+def replay(log_path, rules_path, out=None, err=None, attribute_types: dict[str, str] | None = None) -> int:
+    """Re-decide a decision log's records under the candidate rules and print what changes."""
+    out, err = out or sys.stdout, err or sys.stderr
+    rs = _load(rules_path, err, attribute_types)
+    if rs is None:
+        return 1
+    with rs:
+        try:
+            with open(log_path, encoding="utf-8") as fh:
+                report = replay_lines(fh, rs)
+        except OSError as e:
+            print(f"{log_path}: {e.strerror or e}", file=err)
+            return 1
+        format_report(report, rs, out)
+    return 0

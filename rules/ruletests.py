@@ -1,0 +1,121 @@
+"""`*_test.yaml` cases: a transaction and its features in, an expected decision out.
+
+Cases run through the real engine (the same `RuleSet.decide` the gateway calls), so a passing
+suite says what production will do, quirks included.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rules.decision import ACTIONS
+from rules.ruleset import RuleSet
+from rules.yamlsrc import LineDict, line_of, load_yaml
+
+CASE_KEYS = {"name", "route", "tier", "transaction", "features", "expect"}
+EXPECT_KEYS = {"action", "rules", "not_rules", "score"}
+DEFAULT_ROUTE = "payments"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    where: str                     # FILE:LINE
+    route: str | None
+    attrs: dict
+    action: str | None
+    rules: tuple[str, ...]         # must all match
+    not_rules: tuple[str, ...]     # must not match
+    score: float | None
+
+
+def read_cases(file: Path) -> tuple[list[Case], list[str]]:
+    """Parse one test file; return its cases and its errors as FILE:LINE: message."""
+    data, problems = load_yaml(file.read_text(encoding="utf-8"))
+    errors = [f"{file}:{ln}: {m}" for ln, m in problems]
+    if data is None:
+        return [], errors
+    if not isinstance(data, list):
+        return [], errors + [f"{file}:{line_of(data)}: a test file is a list of cases"]
+    cases = []
+    for item, ln in zip(data, data.item_lines):
+        where = f"{file}:{ln}"
+        problems = []
+        if not isinstance(item, LineDict):
+            errors.append(f"{where}: a case is a mapping with name, transaction, features, expect")
+            continue
+        problems += [f"{file}:{line_of(item, k)}: unknown case key {k!r}" for k in item if k not in CASE_KEYS]
+        expect = item.get("expect")
+        if not isinstance(expect, LineDict):
+            problems.append(f"{where}: case needs expect: {{action: ..., rules: [...]}}")
+            expect = LineDict()
+        problems += [f"{file}:{line_of(expect, k)}: unknown expect key {k!r}" for k in expect if k not in EXPECT_KEYS]
+        attrs = {}
+        for part in ("transaction", "features"):
+            value = item.get(part, {})
+            if not isinstance(value, dict):
+                problems.append(f"{file}:{line_of(item, part)}: {part} must be a mapping")
+            else:
+                attrs.update(value)
+        if "tier" in item:
+            attrs["tier"] = item["tier"]
+        attrs.setdefault("tier", "client")
+        if "action" in expect and expect["action"] not in ACTIONS:
+            problems.append(f"{file}:{line_of(expect, 'action')}: action {expect['action']!r} is not one of {', '.join(ACTIONS)}")
+        lists = {}
+        for k in ("rules", "not_rules"):
+            v = expect.get(k, [])
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                problems.append(f"{file}:{line_of(expect, k)}: expect.{k} must be a list of rule ids")
+                v = []
+            lists[k] = tuple(v)
+        if not ({"action", "rules", "not_rules", "score"} & set(expect)):
+            problems.append(f"{where}: expect says nothing to check")
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            problems.append(f"{where}: case needs a name")
+        if problems:
+            errors += problems
+            continue
+        cases.append(Case(name, where, item.get("route"), attrs, expect.get("action"),
+                          lists["rules"], lists["not_rules"], expect.get("score")))
+    return cases, errors
+
+
+def case_route(case: Case, rs: RuleSet) -> str:
+    """The case's route, else the first route an expected rule is limited to, else payments."""
+    if case.route:
+        return case.route
+    by_id = {r.id: r for r in rs.rules}
+    for rid in case.rules + case.not_rules:
+        rule = by_id.get(rid)
+        if rule and rule.routes:
+            return rule.routes[0]
+    return DEFAULT_ROUTE
+
+
+def run_case(case: Case, rs: RuleSet) -> list[str]:
+    """Failure messages for one case (empty when it passes)."""
+    known = {r.id for r in rs.rules}
+    missing = [r for r in case.rules + case.not_rules if r not in known]
+    if missing:
+        return [f"unknown rule ids: {', '.join(missing)}"]
+    try:
+        decision = rs.decide(case.attrs, case_route(case, rs))
+    except ValueError as e:
+        return [f"transaction refused: {e}"]
+    matched = [h.rule for h in decision.hits]
+    failures = []
+    if case.action is not None and decision.action != case.action:
+        failures.append(f"expected action {case.action}, got {decision.action}")
+    absent = [r for r in case.rules if r not in matched]
+    if absent:
+        failures.append(f"expected rules to match: {', '.join(absent)}")
+    extra = [r for r in case.not_rules if r in matched]
+    if extra:
+        failures.append(f"expected rules not to match: {', '.join(extra)}")
+    if case.score is not None and abs(decision.score - float(case.score)) > 1e-9:
+        failures.append(f"expected score {case.score}, got {decision.score:g}")
+    if failures:
+        failures.append(f"matched: {', '.join(matched) or '(none)'}; action {decision.action}, score {decision.score:g}")
+    return failures
