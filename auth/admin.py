@@ -1,0 +1,146 @@
+"""Admin HTTP endpoints for credentials (mounted by the gateway on the admin listener).
+
+    POST   /admin/clients                   {"id", "hmac": true | "public_key": PEM}
+                                            -> 201 {"id", "secret"?}  (the secret only here)
+    POST   /admin/totp/{user}               {"secret"?} -> 201 {"user", "otpauth_uri"}
+    POST   /admin/devices/{user}            {"public_key", "name"?} -> 201 {"user", "id"}
+    GET    /admin/credentials               -> {"credentials": [...]}  (never a secret)
+    DELETE /admin/credentials/{kind}/{id}   -> {"kind", "id", "revoked"}  (device id: user/device)
+
+Errors are ``{"error": code, "message": ...}`` with 400/404/409. Every /admin/ path requires
+``Authorization: Bearer <TXGATE_ADMIN_TOKEN>`` (``bearer_middleware``); without a configured
+token the admin API is refused altogether rather than left open.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from auth.credentials import CredentialStore
+from auth.errors import CredentialError
+from auth.totp import Totp
+
+# Answers that carry a secret must not be stored by any cache on the way.
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status,
+                             headers=headers)
+
+
+async def _json_object(request: web.Request) -> dict:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError:
+        raise CredentialError("body is not JSON", 400, "invalid_request") from None
+    if not isinstance(data, dict):
+        raise CredentialError("body must be a JSON object", 400, "invalid_request")
+    return data
+
+
+@web.middleware
+async def _credential_errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except CredentialError as exc:
+        return _error(exc.status, exc.code, str(exc))
+
+
+def bearer_middleware(token: str | None):
+    """Require ``Authorization: Bearer <token>`` on /admin/ paths (constant-time compare)."""
+    expected = token.encode() if token else None
+
+    @web.middleware
+    async def check(request: web.Request, handler):
+        if not request.path.startswith("/admin/"):
+            return await handler(request)
+        if expected is None:
+            return _error(403, "admin_disabled", "no admin token is configured "
+                          "(TXGATE_ADMIN_TOKEN)")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 expected):
+            return _error(401, "unauthorized", "admin bearer token required",
+                          {"WWW-Authenticate": 'Bearer realm="txgate-admin"'})
+        return await handler(request)
+
+    return check
+
+
+def routes(store: CredentialStore, totp: Totp | None = None,
+           issuer: str = "txgate") -> list[web.RouteDef]:
+    """The admin credential routes. Wrap them with ``bearer_middleware`` (``setup_admin`` does);
+    CredentialError from a handler becomes its JSON error through ``error_middleware``."""
+    totp = totp or Totp()
+
+    async def add_client(request: web.Request) -> web.Response:
+        data = await _json_object(request)
+        client_id, public_key = data.get("id"), data.get("public_key")
+        if not isinstance(client_id, str):
+            raise CredentialError("id: expected a string")
+        if (data.get("hmac") is True) == (public_key is not None):
+            raise CredentialError('give exactly one of "hmac": true or "public_key"')
+        if data.get("hmac") is True:
+            secret = await store.add_hmac_client(client_id)
+            return web.json_response({"id": client_id, "secret": secret}, status=201,
+                                     headers=_NO_STORE)
+        if not isinstance(public_key, str):
+            raise CredentialError("public_key: expected a PEM string")
+        await store.add_public_key_client(client_id, public_key)
+        return web.json_response({"id": client_id}, status=201)
+
+    async def enroll_totp(request: web.Request) -> web.Response:
+        user = request.match_info["user"]
+        data = await _json_object(request)
+        secret = data.get("secret")
+        if secret is not None and not isinstance(secret, str):
+            raise CredentialError("secret: expected a base32 string")
+        secret = await store.enroll_totp(user, secret)
+        return web.json_response(
+            {"user": user, "otpauth_uri": totp.provisioning_uri(secret, user, issuer)},
+            status=201, headers=_NO_STORE)
+
+    async def add_device(request: web.Request) -> web.Response:
+        user = request.match_info["user"]
+        data = await _json_object(request)
+        public_key, name = data.get("public_key"), data.get("name")
+        if not isinstance(public_key, str):
+            raise CredentialError("public_key: expected a PEM string")
+        if name is not None and not isinstance(name, str):
+            raise CredentialError("name: expected a string")
+        device_id = await store.add_device(user, public_key, name)
+        return web.json_response({"user": user, "id": device_id}, status=201)
+
+    async def list_credentials(request: web.Request) -> web.Response:
+        return web.json_response({"credentials": [
+            {"kind": c.kind, "id": c.id, "type": c.type, "user": c.user,
+             "created": c.created, "revoked": c.revoked} for c in await store.list()]})
+
+    async def revoke(request: web.Request) -> web.Response:
+        kind, record_id = request.match_info["kind"], request.match_info["id"]
+        await store.revoke(kind, record_id)
+        return web.json_response({"kind": kind, "id": record_id, "revoked": True})
+
+    return [
+        web.post("/admin/clients", add_client),
+        web.post("/admin/totp/{user}", enroll_totp),
+        web.post("/admin/devices/{user}", add_device),
+        web.get("/admin/credentials", list_credentials),
+        web.delete("/admin/credentials/{kind}/{id:.+}", revoke),
+    ]
+
+
+error_middleware = _credential_errors
+
+
+def setup_admin(app: web.Application, store: CredentialStore, token: str | None,
+                totp: Totp | None = None, issuer: str = "txgate") -> None:
+    """Add the routes and both middlewares (bearer check first) to the admin ``app``."""
+    app.middlewares.append(bearer_middleware(token))
+    app.middlewares.append(error_middleware)
+    app.add_routes(routes(store, totp, issuer))
