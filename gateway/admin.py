@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client import multiprocess
 
-from auth.admin import bearer_middleware, routes as credential_routes
+from auth.admin import setup_admin
 from gateway.state.base import StateError
 from rules import RuleLoadError
 
@@ -19,7 +19,7 @@ def _json(data: dict, status: int = 200) -> web.Response:
 
 
 def build_admin_app(services, admin_token: str | None) -> web.Application:
-    app = web.Application(middlewares=[bearer_middleware(admin_token, prefix="/admin/")])
+    app = web.Application()
 
     async def healthz(_):
         return _json({"status": "ok"})
@@ -61,5 +61,6 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/admin/rules/reload", reload_rules)
-    app.router.add_routes(credential_routes(services.credentials))
+    # Credential endpoints and the bearer check that guards every /admin/ path.
+    setup_admin(app, services.credentials, admin_token, totp=services.stepup.totp)
     return app

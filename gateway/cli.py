@@ -81,7 +81,8 @@ def _rules_dir(args, given: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=os.environ.get("TXGATE_LOG_LEVEL", "INFO"),
+    quiet = "WARNING" if args.command == "demo" else "INFO"   # the demo's output is its table
+    logging.basicConfig(level=os.environ.get("TXGATE_LOG_LEVEL", quiet),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from gateway.config import ConfigError
     try:

@@ -12,6 +12,8 @@ from metrics.definitions import (AUTH_FAILURES, BAD_REQUESTS, OVERHEAD, REQUESTS
 
 log = logging.getLogger("txgate.record")
 _UNMATCHED = "_unmatched"   # the one route label for requests that matched no route
+# A challenge, a locked user and a user with nothing enrolled are all "the rules wanted more".
+_STEP_UP_CODES = frozenset({"insufficient_user_authentication", "user_locked", "enrollment_required"})
 
 
 def outcome(ex) -> str:
@@ -19,7 +21,7 @@ def outcome(ex) -> str:
     error = ex.error
     if error is None:
         return "review" if ex.decision is not None and ex.decision.action == "review" else "allow"
-    if isinstance(error, AuthError) and error.code == "insufficient_user_authentication":
+    if isinstance(error, AuthError) and error.code in _STEP_UP_CODES:
         return "step_up"
     if getattr(error, "code", None) == "transaction_denied":
         return "deny"
