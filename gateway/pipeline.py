@@ -76,9 +76,13 @@ class Pipeline:
         try:
             ex.client_id = await verifier.verify(req.method, target, req.headers, ex.body)
         except StateError as exc:
-            # Replay protection needs the store: a fleet without it cannot tell replays apart.
+            # fail_open and local keep replay protection per process while the store is down.
             self._state_failed(ex, exc)
-            ex.client_id = await self.s.local_verifier.verify(req.method, target, req.headers, ex.body)
+            try:
+                ex.client_id = await self.s.local_verifier.verify(req.method, target, req.headers,
+                                                                  ex.body)
+            except StateError:   # the client's key is not known to this process either
+                raise StateUnavailable() from None
         ex.tier = "client"
 
     def extract(self, ex: Exchange) -> None:
@@ -103,8 +107,9 @@ class Pipeline:
         policy = ex.route.config.on_state_error
         if policy == "fail_closed":
             raise StateUnavailable() from None
+        if ex.degraded is None:   # counted once per request, however many stages failed
+            FAIL_OPEN.labels(ex.route.name, policy).inc()
         ex.degraded = policy
-        FAIL_OPEN.labels(ex.route.name, policy).inc()
 
     def decide(self, ex: Exchange) -> None:
         ex.decision = ex.rules.decide(ex.attrs, ex.route.name)
