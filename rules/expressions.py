@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Union
 
@@ -318,8 +319,15 @@ def parse_when(text: str, lists: dict[str, list]) -> tuple[Expr, set[str]]:
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError("'when' must be a non-empty string")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        # Invalid escapes like "\d" are only a warning in Python today; make them an error so a
+        # pattern never changes meaning under a future Python (authors write r"..." instead).
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tree = ast.parse(text.strip(), mode="eval")
+    except (DeprecationWarning, SyntaxWarning) as e:
+        raise ExpressionError(f"{e}; write regex patterns as raw strings: r\"...\"") from None
     except SyntaxError as e:
-        raise ExpressionError(f"syntax error: {e.msg} (column {e.offset or 0})") from None
+        hint = "; write regex patterns as raw strings: r\"...\"" if "escape" in str(e.msg) else ""
+        raise ExpressionError(f"syntax error: {e.msg} (column {e.offset or 0}){hint}") from None
     b = _Builder(lists)
     return b.expr(tree.body), b.lists_used
