@@ -34,6 +34,10 @@ return value
 """
 
 
+# Per node; more concurrent commands wait for a free connection (see _call).
+MAX_CONNECTIONS = 64
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -43,9 +47,10 @@ class RedisBackend(StateBackend):
 
     name = "redis"
 
-    def __init__(self, url: str, cluster: bool = False, timeout_ms: int = 100):
+    def __init__(self, url: str, cluster: bool = False, timeout_ms: int = 100,
+                 max_connections: int = MAX_CONNECTIONS):
         self.cluster = cluster
-        timeout = timeout_ms / 1000
+        self._timeout = timeout = timeout_ms / 1000
         # No client-side retries: a slow or absent store must fail within timeout_ms so that
         # on_state_error decides, instead of the request waiting through a backoff schedule.
         options = dict(
@@ -53,6 +58,7 @@ class RedisBackend(StateBackend):
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             decode_responses=False,
+            max_connections=max_connections,
         )
         if cluster:
             self._client = RedisCluster.from_url(url, **options)
@@ -60,13 +66,23 @@ class RedisBackend(StateBackend):
             self._client = Redis.from_url(url, **options)
         self._advance = self._client.register_script(_ADVANCE)
         self._incr = self._client.register_script(_INCR)
+        # redis-py raises MaxConnectionsError when its pool is exhausted; a burst should queue
+        # for a connection instead (for at most timeout_ms), so calls take a slot first.
+        self._slots = asyncio.Semaphore(max_connections)
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise StateError(operation, "no free connection within timeout") from None
         try:
             return await call()
         except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
             # The message names the failure's kind only: keys and values may be secrets.
             raise StateError(operation, type(exc).__name__) from None
+        finally:
+            self._slots.release()
 
     async def start(self) -> None:
         await self.ping()
@@ -130,5 +146,6 @@ class RedisBackend(StateBackend):
             return results
         # One script per entity slot, all in flight at once: the request waits for the slowest
         # slot, not for the sum of them.
-        return await self._call("velocity", lambda: asyncio.gather(
-            *(velocity_script.run_batch(self._client, batch) for batch in batches)))
+        return list(await asyncio.gather(*(
+            self._call("velocity", lambda batch=batch: velocity_script.run_batch(self._client, batch))
+            for batch in batches)))

@@ -23,10 +23,10 @@ def test_ping_and_missing_keys(state_backends):
 def test_put_get_delete_and_ttl_expiry(state_backends):
     async def scenario(b):
         await b.put("{u:a}:forever", b"\x00bytes\xff")
-        await b.put("{u:a}:short", b"v", ttl_s=0.2)
+        await b.put("{u:a}:short", b"v", ttl_s=0.4)
         assert await b.get("{u:a}:forever") == b"\x00bytes\xff"
         assert await b.get("{u:a}:short") == b"v"
-        await state_backends.wait(0.3)
+        await state_backends.wait(0.5)
         assert await b.get("{u:a}:short") is None
         assert await b.get("{u:a}:forever") == b"\x00bytes\xff"
         await b.put("{u:a}:forever", b"new", ttl_s=0.2)  # a later put replaces value and TTL
@@ -38,11 +38,13 @@ def test_put_get_delete_and_ttl_expiry(state_backends):
 
 def test_claim_succeeds_once_until_expiry(state_backends):
     async def scenario(b):
-        results = await asyncio.gather(*(b.claim("{c:1}:nonce", 0.2) for _ in range(5)))
+        results = await asyncio.gather(*(b.claim("{c:1}:nonce", 30) for _ in range(5)))
         assert sorted(results) == [False, False, False, False, True]
-        assert await b.claim("{c:1}:other", 0.2) is True
-        await state_backends.wait(0.3)
-        assert await b.claim("{c:1}:nonce", 0.2) is True
+        assert await b.claim("{c:1}:short", 0.4) is True
+        assert await b.claim("{c:1}:short", 0.4) is False
+        await state_backends.wait(0.5)
+        assert await b.claim("{c:1}:short", 0.4) is True
+        assert await b.claim("{c:1}:nonce", 30) is False
     state_backends.run(scenario)
 
 
@@ -57,11 +59,11 @@ def test_take_returns_value_once(state_backends):
 
 def test_incr_counts_and_ttl_starts_at_first_increment(state_backends):
     async def scenario(b):
-        assert await b.incr("{u:a}:fails", 0.4) == 1
-        await state_backends.wait(0.25)
-        assert await b.incr("{u:a}:fails", 0.4) == 2  # does not push the expiry back
-        await state_backends.wait(0.25)
-        assert await b.incr("{u:a}:fails", 0.4) == 1
+        assert await b.incr("{u:a}:fails", 0.6) == 1
+        await state_backends.wait(0.35)
+        assert await b.incr("{u:a}:fails", 0.6) == 2  # does not push the expiry back
+        await state_backends.wait(0.35)
+        assert await b.incr("{u:a}:fails", 0.6) == 1
     state_backends.run(scenario)
 
 
@@ -73,8 +75,8 @@ def test_advance_stores_only_greater_values(state_backends):
         assert await b.advance("{u:a}:totp", 101, 0.2) is True
         results = await asyncio.gather(*(b.advance("{u:a}:totp", 150, 5) for _ in range(4)))
         assert sorted(results) == [False, False, False, True]
-        await b.put("{u:a}:step", b"7", ttl_s=0.2)
-        await state_backends.wait(0.3)
+        await b.put("{u:a}:step", b"7", ttl_s=0.4)
+        await state_backends.wait(0.5)
         assert await b.advance("{u:a}:step", 1, 5) is True  # expired value no longer counts
     state_backends.run(scenario)
 
