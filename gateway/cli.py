@@ -114,9 +114,9 @@ def _rules(args) -> int:
 
 def _auth(args) -> int:
     from auth import commands
-    from auth.errors import MasterKeyError
+    from auth.errors import CredentialError, MasterKeyError
     from auth.keys import load_master_key
-    from gateway.state import create_backend
+    from gateway.state import StateError, create_backend
     from auth.credentials import CredentialStore
 
     config = _load_config(args)
@@ -147,7 +147,10 @@ def _auth(args) -> int:
         finally:
             await state.close()
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except (CredentialError, MasterKeyError, StateError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _read(path: str) -> bytes:

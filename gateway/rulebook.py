@@ -51,8 +51,9 @@ class RuleBook:
         except RuleLoadError as exc:
             RULES_RELOADS.labels("failure").inc()
             self.last_error = "\n".join(exc.errors)
-            log.error("rule reload failed, keeping version %s:\n%s",
-                      self._active.rules.version if self._active else "(none)", self.last_error)
+            if self._active is not None:   # at start-up the caller reports it and exits
+                log.error("rule reload failed, keeping version %s:\n%s",
+                          self._active.rules.version, self.last_error)
             raise
         old = self._active
         self._active = _Active(rules)

@@ -77,7 +77,9 @@ class GatewayServer:
 
     async def shutdown(self) -> None:
         # Proxy first: cleanup() closes the listener, then waits for in-flight handlers.
+        served = bool(self._runners)
         for runner in self._runners:
             await runner.cleanup()
         await self.services.close()
-        log.info("txgate stopped")
+        if served:
+            log.info("txgate stopped")

@@ -1,0 +1,108 @@
+"""The `txgate` command as a user runs it: one clear line per mistake, never a traceback."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+
+import redis
+import yaml
+
+from tests.fixtures.processes import ROOT, TXGATE
+
+KEY = base64.b64encode(b"m" * 32).decode()
+
+
+def txgate(*args, env=None, cwd=ROOT) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("TXGATE_MASTER_KEY", None) if env is None or "TXGATE_MASTER_KEY" not in env else None
+    return subprocess.run([TXGATE, *args], capture_output=True, text=True, env=full_env, cwd=cwd,
+                          timeout=120)
+
+
+def write_config(tmp_path, data: dict) -> str:
+    path = tmp_path / "txgate.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith("txgate: ") for line in lines)
+    return lines
+
+
+def test_config_errors_name_the_file_and_key_path(tmp_path):
+    config = write_config(tmp_path, {"routes": [{"name": "p", "match": {"path": "/p"}, "upstream": "nope"}]})
+    lines = assert_clean_error(txgate("run", "--config", config, env={"TXGATE_MASTER_KEY": KEY}))
+    assert lines == [f"txgate: {config}: routes[0].upstream: not a URL (expected http://host:port)"]
+
+
+def test_workers_need_the_redis_backend(tmp_path):
+    config = write_config(tmp_path, {})
+    lines = assert_clean_error(txgate("run", "--config", config, "--workers", "2",
+                                      env={"TXGATE_MASTER_KEY": KEY}))
+    assert "needs state.backend: redis" in lines[0]
+
+
+def test_missing_master_key_is_one_clear_line(tmp_path):
+    config = write_config(tmp_path, {})
+    lines = assert_clean_error(txgate("run", "--config", config))
+    assert "no master key" in lines[0] and "TXGATE_MASTER_KEY" in lines[0]
+
+
+def test_rules_that_do_not_load_stop_the_start(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "bad.yaml").write_text("version: 1\nrules:\n  - id: X-1\n    when: amount >\n    action: deny\n")
+    config = write_config(tmp_path, {"rules": {"path": str(rules)}, "listen": "127.0.0.1:0",
+                                     "admin_listen": "127.0.0.1:0"})
+    lines = assert_clean_error(txgate("run", "--config", config, env={"TXGATE_MASTER_KEY": KEY}))
+    assert any(f"{rules / 'bad.yaml'}:4:" in line for line in lines)
+
+
+def test_rules_check_and_test_on_the_shipped_pack():
+    check = txgate("rules", "check", "rules/default")
+    assert check.returncode == 0, check.stderr
+    test = txgate("rules", "test", "rules/default")
+    assert test.returncode == 0, test.stdout + test.stderr
+    last = test.stdout.strip().splitlines()[-1]
+    passed, failed = last.split(", ")
+    assert failed == "0 failed" and int(passed.split()[0]) >= 100
+
+
+def test_auth_commands_manage_credentials_on_redis(tmp_path, redis_server):
+    config = write_config(tmp_path, {"state": {"backend": "redis", "url": redis_server.url}})
+    env = {"TXGATE_MASTER_KEY": KEY}
+    added = txgate("auth", "add-client", "shop-1", "--hmac", "--config", config, env=env)
+    assert added.returncode == 0, added.stderr
+    secret = added.stdout.strip().splitlines()[-1]
+    assert len(secret) >= 32 and " " not in secret
+    raw = redis.Redis(port=redis_server.port)
+    dump = b"".join(raw.dump(k) or b"" for k in raw.keys("*"))
+    assert dump and secret.encode() not in dump   # encrypted at rest
+    enrolled = txgate("auth", "enroll-totp", "alice", "--config", config, env=env)
+    assert enrolled.returncode == 0 and "otpauth://totp/" in enrolled.stdout
+    listed = txgate("auth", "list", "--config", config, env=env)
+    assert "shop-1" in listed.stdout and "alice" in listed.stdout and secret not in listed.stdout
+    revoked = txgate("auth", "revoke", "client", "shop-1", "--config", config, env=env)
+    assert revoked.returncode == 0
+    again = txgate("auth", "revoke", "client", "nobody", "--config", config, env=env)
+    assert_clean_error(again)
+
+
+def test_auth_commands_refuse_the_memory_backend(tmp_path):
+    config = write_config(tmp_path, {})
+    lines = assert_clean_error(txgate("auth", "list", "--config", config, env={"TXGATE_MASTER_KEY": KEY}))
+    assert "state.backend: redis" in lines[0]
+
+
+def test_demo_once_prints_its_table():
+    result = txgate("demo", "--once", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    assert "txgate decisions" in result.stdout
+    for step in ("normal payment", "answered with TOTP", "device-signed", "high-risk country"):
+        assert step in result.stdout
