@@ -60,14 +60,20 @@ def guarded(condition: dict) -> dict:
     return {"all": [{"m": {"$and": [GUARD, condition]}}]}
 
 
+def definitions(conditions: dict[str, dict]) -> dict:
+    """The complete ruleset document given to the engine: guarded rules plus the prime rule."""
+    defs = {name: guarded(cond) for name, cond in conditions.items()}
+    defs[_PRIME] = {"all": [{"m": {"$ex": {_PRIME: 1}}}]}
+    return defs
+
+
 class CompiledRules:
     """One engine ruleset + session; `evaluate` returns the names of the rules that fired."""
 
     def __init__(self, conditions: dict[str, dict]):
         if any(name == _PRIME or not name.isidentifier() for name in conditions):
             raise ValueError("rule names must be identifiers other than the reserved prime rule")
-        defs = {name: guarded(cond) for name, cond in conditions.items()}
-        defs[_PRIME] = {"all": [{"m": {"$ex": {_PRIME: 1}}}]}
+        defs = definitions(conditions)
         # Ruleset names are never reused: the engine cannot replace a ruleset by name.
         self.name = "txgate_rules_%d" % next(_versions)
         self._lock = threading.Lock()

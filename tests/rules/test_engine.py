@@ -1,0 +1,164 @@
+"""RuleSet.decide: typing of values, engine quirks we rely on working around, memory on reload."""
+import math
+import threading
+
+import pytest
+
+from rules import ACTIONS, Decision, Hit, load_rules
+from rules.engine import CompiledRules, number_text
+from tests.rules.conftest import fired
+
+
+@pytest.mark.parametrize("attrs, message", [
+    ({"a": True}, "expected a number, got a boolean"),
+    ({"a": "1000"}, "expected a number, got a string"),
+    ({"a": math.nan}, "not a finite number"),
+    ({"a": math.inf}, "not a finite number"),
+    ({"a": 2 ** 60}, "out of range"),
+    ({"s": 5}, "expected a string, got a number"),
+    ({"flag": 1}, "expected a boolean, got a number"),
+    ({"s": "a\x00b"}, "NUL"),
+    ({"s": ["x"]}, "unsupported type list"),
+])
+def test_values_are_type_checked_before_the_engine(ruleset, attrs, message):
+    rs = ruleset("a > 1", "s == 'x'", "flag")
+    with pytest.raises(ValueError, match=message) as e:
+        rs.decide(attrs, "payments")
+    assert repr(next(iter(attrs))) in str(e.value)
+
+
+def test_engine_coercions_never_reach_a_decision(ruleset):
+    rs = ruleset("a > 1000", "flag == True", "a == 1")
+    assert fired(rs, {"a": 500}) == set()
+    assert fired(rs, {"a": 1}) == {"R2"}
+    assert fired(rs, {"flag": False}) == set()
+    assert fired(rs, {"a": 1.0, "flag": True}) == {"R1", "R2"}
+    assert fired(rs, {"a": None}) == set()          # None is absent
+
+
+def test_numbers_are_sent_without_exponent_and_as_doubles(ruleset):
+    assert number_text(1e16) == "10000000000000000.0"
+    assert number_text(1e-7) == "0.0000001"
+    assert number_text(5) == "5.0"
+    rs = ruleset("a > 0.0000001", "a >= 1000000000000000", "a < b / 2")
+    assert fired(rs, {"a": 1e-6}) == {"R0"}         # repr would be 1e-06
+    assert fired(rs, {"a": 1e-8}) == set()
+    assert fired(rs, {"a": 9e15}) == {"R0", "R1"}
+    # Integer division would make 5 / 2 == 2 and this false.
+    assert fired(rs, {"a": 2.4, "b": 5}) == {"R0", "R2"}
+
+
+def test_unicode_strings_match(ruleset):
+    rs = ruleset("s == 'Zürich ✓'", "matches(s, 'Z.rich.*')")
+    assert fired(rs, {"s": "Zürich ✓"}) == {"R0", "R1"}
+    assert fired(rs, {"s": "Zurich"}) == {"R1"}
+
+
+def test_extra_attributes_are_ignored(ruleset):
+    rs = ruleset("a > 1")
+    many = {f"x{i}": i for i in range(1000)}
+    assert fired(rs, dict(many, a=2)) == {"R0"}
+
+
+def test_close_then_decide_fails_and_close_is_idempotent(ruleset):
+    rs = ruleset("a > 1")
+    rs.close()
+    rs.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        rs.decide({"a": 2}, "payments")
+
+
+def test_create_and_close_fifty_rule_sets_keeps_working():
+    from pathlib import Path
+    pack = Path(__file__).parents[2] / "rules" / "default"
+    for _ in range(50):
+        rs = load_rules(pack)
+        assert rs.decide({"amount": 60000, "currency": "USD"}, "payments").action == "require_device"
+        rs.close()
+
+
+def test_more_than_1024_decisions_reuse_one_session(ruleset):
+    rs = ruleset("a > 1", "not (a > 1)")
+    for i in range(3000):
+        assert fired(rs, {"a": i % 3}) == ({"R0"} if i % 3 == 2 else {"R1"})
+
+
+def test_concurrent_threads_see_their_own_fact(ruleset):
+    rs = ruleset("a > 1")
+    wrong = []
+
+    def work(v):
+        for _ in range(300):
+            if fired(rs, {"a": v}) != ({"R0"} if v > 1 else set()):
+                wrong.append(v)
+    threads = [threading.Thread(target=work, args=(v,)) for v in (0, 5, 1, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+def test_rule_names_are_checked():
+    with pytest.raises(ValueError):
+        CompiledRules({"__prime": {"$ex": {"v_a": 1}}})
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+PACK = """\
+thresholds: {review: 50, require_otp: 70, deny: 100}
+rules:
+  - {id: A-REVIEW, when: a > 1, action: review}
+  - {id: A-OTP, when: a > 2, action: require_otp}
+  - {id: A-DEV, when: a > 3, action: require_device}
+  - {id: S-30, when: b > 0, score: 30}
+  - {id: S-45, when: b > 1, score: 45}
+  - {id: S-SHADOW, when: b > 0, score: 100, mode: shadow}
+  - {id: D-SHADOW, when: c > 0, action: deny, mode: shadow}
+  - {id: R-LOANS, when: c > 0, action: require_otp, routes: [loans, wealth]}
+  - {id: R-ALL, when: c > 1, score: 10}
+"""
+
+
+@pytest.fixture
+def decide(write):
+    rs = load_rules(write(p__yaml=PACK))
+    yield lambda attrs, route="payments": rs.decide(attrs, route)
+    rs.close()
+
+
+def test_most_severe_enforced_action_wins(decide):
+    assert decide({}).action == "allow"
+    assert decide({"a": 2}).action == "review"
+    d = decide({"a": 4})
+    assert d.action == "require_device" and d.required_tier == "device"
+    assert [h.rule for h in d.hits] == ["A-REVIEW", "A-OTP", "A-DEV"]
+    assert decide({"a": 3}).required_tier == "otp" and decide({"a": 2}).required_tier is None
+
+
+def test_scores_add_up_to_thresholds_and_shadow_never_counts(decide):
+    d = decide({"b": 1})
+    assert (d.action, d.score) == ("allow", 30.0)
+    assert Hit("S-SHADOW", None, 100.0, "shadow") in d.hits
+    d = decide({"b": 2})
+    assert (d.action, d.score) == ("require_otp", 75.0)
+    d = decide({"b": 2, "a": 4})
+    assert d.action == "require_device"      # an action more severe than the score's
+
+
+def test_shadow_action_is_reported_not_enforced(decide):
+    d = decide({"c": 1})
+    assert d == Decision("allow", 0.0, (Hit("D-SHADOW", "deny", None, "shadow"),))
+
+
+def test_route_filters(decide):
+    assert [h.rule for h in decide({"c": 2}, "loans").hits] == ["D-SHADOW", "R-LOANS", "R-ALL"]
+    assert [h.rule for h in decide({"c": 2}, "wealth").hits] == ["D-SHADOW", "R-LOANS", "R-ALL"]
+    assert [h.rule for h in decide({"c": 2}, "payments").hits] == ["D-SHADOW", "R-ALL"]
+    # A transaction attribute called route cannot override the route being decided.
+    assert "R-LOANS" not in [h.rule for h in decide({"c": 2, "route": "loans"}, "payments").hits]
+
+
+def test_actions_order():
+    assert ACTIONS == ("allow", "review", "require_otp", "require_device", "deny")
