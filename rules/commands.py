@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rules.loader import RuleLoadError, load_rules, test_files
+from rules.loader import RuleLoadError, load_rules, case_files
 from rules.replay import format_report, replay_lines
 from rules.ruletests import read_cases, run_case
 
@@ -41,7 +41,7 @@ def run_tests(path, out=None, err=None, attribute_types: dict[str, str] | None =
         return 1
     passed = failed = 0
     with rs:
-        files = test_files(Path(path)) if Path(path).exists() else []
+        files = case_files(Path(path)) if Path(path).exists() else []
         if not files:
             print(f"{path}: no *_test.yaml files", file=err)
         for f in files:

@@ -67,6 +67,20 @@ def definitions(conditions: dict[str, dict]) -> dict:
     return defs
 
 
+def refusal(condition: dict) -> str | None:
+    """Why the engine refuses to compile a condition (None when it accepts it).
+
+    Some regexes the translator emits are valid in the engine's dialect but still refused
+    (`[^a]*a`, error 507); probing them one by one lets the loader blame the right rule.
+    """
+    try:
+        handle = dre.create_ruleset("txgate_probe_%d" % next(_versions), to_json(definitions({"probe": condition})))
+    except dre.error as e:
+        return str(e)
+    dre.delete_ruleset(handle)   # no session was created: nothing else to free
+    return None
+
+
 class CompiledRules:
     """One engine ruleset + session; `evaluate` returns the names of the rules that fired."""
 

@@ -121,8 +121,14 @@ def expr_attrs(node: Expr) -> set[str]:
     return set().union(*(expr_attrs(i) for i in node.items))
 
 
-def has_arith(node: Operand) -> bool:
-    return isinstance(node, Arith)
+def walk(node: Expr):
+    """Every node of an expression tree, parents first."""
+    yield node
+    if isinstance(node, Not):
+        yield from walk(node.item)
+    elif isinstance(node, (And, Or)):
+        for i in node.items:
+            yield from walk(i)
 
 
 class _Builder:

@@ -13,7 +13,8 @@ from pathlib import Path
 from rules.compiler import FALSE, TRUE, CompileError, compile_expr, key
 from rules.counters import CounterSpec, counter_from_dict
 from rules.decision import ACTIONS, DEFAULT_THRESHOLDS
-from rules.expressions import ExpressionError, expr_attrs, parse_when
+from rules.engine import refusal
+from rules.expressions import ExpressionError, Matches, expr_attrs, parse_when, walk
 from rules.kinds import BUILTINS, TYPE_KIND, KindChecker
 from rules.ruleset import Rule, RuleSet
 from rules.yamlsrc import LineDict, line_of, load_yaml
@@ -43,7 +44,7 @@ def rule_files(path: Path) -> list[Path]:
                   if p.suffix in (".yaml", ".yml") and not p.stem.endswith("_test") and p.is_file())
 
 
-def test_files(path: Path) -> list[Path]:
+def case_files(path: Path) -> list[Path]:
     base = path if path.is_dir() else path.parent
     return sorted(p for p in base.iterdir() if p.is_file() and p.name.endswith(("_test.yaml", "_test.yml")))
 
@@ -225,6 +226,10 @@ def _build(load: _Load, version: str) -> RuleSet:
         if cond is FALSE:
             load.err(file, when_line, "this condition can never be true")
             continue
+        refused = _refused_regexes(expr)
+        if refused:
+            load.err(file, when_line, refused)
+            continue
         if fields["routes"]:
             # Route filters are compiled into the condition: filtered rules never fire at all.
             route_cond = {"$or": [{key("route"): r} for r in fields["routes"]]} if len(fields["routes"]) > 1 \
@@ -244,6 +249,22 @@ def _build(load: _Load, version: str) -> RuleSet:
                    lists=dict(load.lists), thresholds=thresholds,
                    kinds={k: v for k, v in kinds.items() if k in attribute_names or k == "route"},
                    attribute_names=frozenset(attribute_names))
+
+
+_regex_verdicts: dict[str, str | None] = {}
+
+
+def _refused_regexes(expr) -> str | None:
+    """Probe each regex in the engine once per process: some valid patterns still fail to build."""
+    for node in walk(expr):
+        if isinstance(node, Matches):
+            pattern = node.regex.engine
+            if pattern not in _regex_verdicts:
+                _regex_verdicts[pattern] = refusal({"$mt": {"v_probe": pattern}})
+            if _regex_verdicts[pattern]:
+                return (f"the engine cannot build regex {node.regex.source!r} ({_regex_verdicts[pattern]}); "
+                        "simplify it, e.g. avoid a repeated [^x] followed by x")
+    return None
 
 
 def _read_rule(load: _Load, item: LineDict, file: str, seen_ids: dict):

@@ -143,6 +143,7 @@ def test_inferred_kinds_conflict_between_rules(write):
     ("{id: R-1, when: a > 1e300, action: deny}", "out of range"),
     ("{id: R-1, when: 'matches(s, \"\\d\")', action: deny}", "raw strings"),
     ("{id: R-1, when: 1 > 2, action: deny}", "comparison between constants"),
+    ("{id: R-1, when: 'matches(s, \"x[^a]*a\")', action: deny}", "the engine cannot build regex 'x[^a]*a'"),
     ("{id: R-1, when: a > b / (c - 1), action: deny}", "divide only by a number or a single attribute"),
 ])
 def test_bad_rules(write, rule, message):
