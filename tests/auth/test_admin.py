@@ -1,0 +1,110 @@
+"""The admin credential endpoints through a real aiohttp server and client."""
+
+import asyncio
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from auth.admin import setup_admin
+from tests.auth.conftest import remember
+
+TOKEN = "admin-token-for-tests-0123456789"
+remember(TOKEN)
+
+
+def _pem() -> str:
+    return ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def with_client(store, scenario, token=TOKEN):
+    async def main():
+        app = web.Application()
+        setup_admin(app, store, token)
+        async with TestClient(TestServer(app)) as client:
+            await scenario(client)
+    asyncio.run(main())
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_bearer_token_is_required(store):
+    async def scenario(client):
+        assert (await client.get("/admin/credentials")).status == 401
+        wrong = await client.get("/admin/credentials", headers={"Authorization": "Bearer nope"})
+        assert wrong.status == 401 and (await wrong.json())["error"] == "unauthorized"
+        assert (await client.get("/admin/credentials", headers=AUTH)).status == 200
+    with_client(store, scenario)
+
+
+def test_no_token_configured_disables_the_admin_api(store):
+    async def scenario(client):
+        response = await client.get("/admin/credentials", headers={"Authorization": "Bearer "})
+        assert response.status == 403
+    with_client(store, scenario, token=None)
+
+
+def test_credential_lifecycle(store):
+    async def scenario(client):
+        response = await client.post("/admin/clients", json={"id": "shop", "hmac": True},
+                                     headers=AUTH)
+        assert response.status == 201 and response.headers["Cache-Control"] == "no-store"
+        created = await response.json()
+        remember(created["secret"])
+        assert created["id"] == "shop" and len(created["secret"]) >= 32
+
+        response = await client.post("/admin/clients", json={"id": "shop-ed",
+                                                             "public_key": _pem()}, headers=AUTH)
+        assert response.status == 201 and "secret" not in await response.json()
+
+        response = await client.post("/admin/totp/alice", headers=AUTH)
+        uri = (await response.json())["otpauth_uri"]
+        assert response.status == 201 and uri.startswith("otpauth://totp/txgate:alice?secret=")
+        remember(uri.split("secret=")[1].split("&")[0])
+
+        response = await client.post("/admin/devices/alice", json={"public_key": _pem(),
+                                                                    "name": "phone"},
+                                     headers=AUTH)
+        assert (response.status, await response.json()) == (201, {"user": "alice",
+                                                                   "id": "phone"})
+
+        listing = await (await client.get("/admin/credentials", headers=AUTH)).text()
+        assert created["secret"] not in listing and "secret" not in listing
+        ids = {(c["kind"], c["id"]) for c in
+               (await (await client.get("/admin/credentials", headers=AUTH)).json())
+               ["credentials"]}
+        assert ids == {("client", "shop"), ("client", "shop-ed"), ("totp", "alice"),
+                       ("device", "alice/phone")}
+
+        response = await client.delete("/admin/credentials/device/alice/phone", headers=AUTH)
+        assert response.status == 200
+        assert await store.device_key("alice", "phone") is None
+        response = await client.delete("/admin/credentials/device/alice/phone", headers=AUTH)
+        assert response.status == 409
+    with_client(store, scenario)
+
+
+def test_errors_are_json_with_codes(store):
+    async def scenario(client):
+        cases = [
+            (client.post("/admin/clients", data="{", headers=AUTH), 400),
+            (client.post("/admin/clients", json={"id": "x"}, headers=AUTH), 400),
+            (client.post("/admin/clients", json={"id": "x", "hmac": True,
+                                                 "public_key": _pem()}, headers=AUTH), 400),
+            (client.post("/admin/devices/alice", json={"public_key": "junk"}, headers=AUTH),
+             400),
+            (client.delete("/admin/credentials/client/nobody", headers=AUTH), 404),
+            (client.delete("/admin/credentials/gadget/x", headers=AUTH), 400),
+        ]
+        for request, status in cases:
+            response = await request
+            body = await response.json()
+            assert response.status == status and set(body) == {"error", "message"}
+        await client.post("/admin/clients", json={"id": "dup", "hmac": True}, headers=AUTH)
+        response = await client.post("/admin/clients", json={"id": "dup", "hmac": True},
+                                     headers=AUTH)
+        assert response.status == 409 and (await response.json())["error"] == "already_exists"
+    with_client(store, scenario)
