@@ -146,6 +146,6 @@ class RedisBackend(StateBackend):
             return results
         # One script per entity slot, all in flight at once: the request waits for the slowest
         # slot, not for the sum of them.
-        return list(await asyncio.gather(*(
-            self._call("velocity", lambda batch=batch: velocity_script.run_batch(self._client, batch))
+        return list(await asyncio.gather(*(self._call(
+            "velocity", lambda batch=batch: velocity_script.run_batch(self._client, batch))
             for batch in batches)))

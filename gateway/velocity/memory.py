@@ -1,4 +1,4 @@
-"""The velocity operations in Python for MemoryBackend: the semantics of ``velocity.lua``.
+"""The velocity operations in Python for MemoryBackend: the semantics of ``script.py``'s Lua.
 
 Everything here is synchronous, so a call is atomic with respect to the event loop exactly as a
 script is on Redis. Values live in the backend's own store (so its clock and lazy expiry apply):

@@ -1,6 +1,6 @@
 """The operations a velocity call sends to a state backend: plain data, no behaviour.
 
-A backend executes them with the same semantics in Lua (``redis.py`` + ``velocity.lua``) or in
+A backend executes them with the same semantics in Lua (``redis.py`` runs ``script.py``) or in
 Python (``memory.py``); ``window.py`` holds the numbers both share.
 """
 

@@ -1,4 +1,4 @@
-"""The velocity operations on Redis: one EVALSHA of ``velocity.lua`` per batch call.
+"""The velocity operations on Redis: one EVALSHA of the Lua script (``script.py``) per batch call.
 
 The script text and its SHA are computed once at import; a server that lost its script cache
 (restart, failover, SCRIPT FLUSH) answers NOSCRIPT and gets the script with EVAL, which both
@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from importlib import resources
 
 from redis.exceptions import NoScriptError
 
 from gateway.velocity.ops import Batch
+from gateway.velocity.script import LUA
 from gateway.velocity.window import DISTINCT_CAP
 
-SCRIPT = (
-    resources.files("gateway.velocity")
-    .joinpath("velocity.lua")
-    .read_text(encoding="utf-8")
-    .replace("__DISTINCT_CAP__", str(DISTINCT_CAP))
-)
+SCRIPT = LUA.replace("__DISTINCT_CAP__", str(DISTINCT_CAP))
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
 
 def script_call(batch: Batch) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV for one batch, in the layout ``velocity.lua`` reads."""
+    """KEYS and ARGV for one batch, in the layout the Lua script (``script.py``) reads."""
     keys: list[str] = []
     args: list[str | int] = [batch.marker_ttl_ms, "1" if batch.marker is not None else "0"]
     if batch.marker is not None:

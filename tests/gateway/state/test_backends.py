@@ -6,8 +6,6 @@ import asyncio
 
 import pytest
 
-from gateway.state import StateError
-
 
 def test_ping_and_missing_keys(state_backends):
     async def scenario(b):
