@@ -2,10 +2,10 @@
 
 Keys: ``txv:{<first key attribute>=<value>}:<counter>:<aggregate>:<scope>[:<attr>=<value>…]``
 (scope: ``w<window s>`` or ``r<reset_on>``). The hash tag is the counter's FIRST key
-attribute, so every counter of one user (``[user_id]``, ``[user_id, payee]``) shares a Redis Cluster slot and one script call. Values are
-percent-encoded so that no value can forge a brace, a separator or another entity's key. The
-aggregate and window are part of the key: a rule change that redefines a counter starts it
-afresh instead of misreading the old data.
+attribute, so every counter of one user (``[user_id]``, ``[user_id, payee]``) shares a Redis
+Cluster slot and one script call. Values are percent-encoded so that no value can forge a
+brace, a separator or another entity's key. The aggregate and window are part of the key: a
+rule change that redefines a counter starts it afresh instead of misreading the old data.
 """
 
 from __future__ import annotations
