@@ -62,7 +62,7 @@ TRANSACTION = st.fixed_dictionaries({}, optional={
     "x": NUM_VALUES, "y": NUM_VALUES, "z": NUM_VALUES, "s": STR_VALUES, "t": STR_VALUES, "f": st.booleans()})
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(whens=st.lists(expression(), min_size=1, max_size=6), txs=st.lists(TRANSACTION, min_size=1, max_size=8))
 def test_engine_agrees_with_reference(tmp_path_factory, whens, txs):
     d = tmp_path_factory.mktemp("diff")
