@@ -13,7 +13,7 @@ constant conditions are folded away before they reach the engine.
 """
 from __future__ import annotations
 
-from rules.expressions import (And, Arith, Attr, Compare, Exists, Expr, In, Lit, Matches, Not, Or,
+from rules.expressions import (And, Attr, Compare, Exists, Expr, In, Lit, Matches, Not, Or,
                                divisor_attrs, operand_attrs)
 
 PREFIX = "v_"   # every attribute lives under this prefix: no request data can be sid, id or the guard

@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 import re
 
-from rules.expressions import And, Arith, Attr, Compare, Exists, Expr, In, Lit, Matches, Not, Or
+from rules.expressions import And, Attr, Compare, Exists, Expr, In, Lit, Matches, Not, Or
 
 _OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
         ">": operator.gt, ">=": operator.ge}
