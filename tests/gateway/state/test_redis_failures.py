@@ -55,7 +55,7 @@ def test_slow_server_times_out_quickly(redis_server):
         started = time.monotonic()
         with pytest.raises(StateError) as raised:
             await backend.get("{u:a}:k")
-        assert time.monotonic() - started < 0.3
+        assert time.monotonic() - started < 0.35  # timeout_ms=100, no retries
         assert raised.value.operation == "get"
         await sleeper
         assert await backend.get("{u:a}:k") is None  # answers again once the server does

@@ -88,7 +88,7 @@ def test_slow_redis_is_a_quick_state_error(redis_server):
         started = time.monotonic()
         with pytest.raises(StateError):
             await v.observe(ATTRS, "slow")
-        assert time.monotonic() - started < 0.3
+        assert time.monotonic() - started < 0.35  # timeout_ms=100, no retries
         await sleeper
         assert "user_tx_1h" in await v.observe(ATTRS, "after")
         await backend.close()
