@@ -77,6 +77,15 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return value.strip()
 
 
+def _component_id(item) -> str:
+    """The serialized component identifier; the common parameterless case without the
+    generic (slow) serializer. A parsed sf-string holds no control characters."""
+    value = item.value
+    if not item.params and isinstance(value, str) and "\\" not in value and '"' not in value:
+        return f'"{value}"'
+    return str(item)
+
+
 def _parse_dictionary(text: str) -> http_sfv.Dictionary:
     parsed = http_sfv.Dictionary()
     try:
@@ -241,7 +250,7 @@ class SignatureVerifier:
             raise invalid_signature("unsupported_alg")
 
         names = set()
-        if len({str(item) for item in member}) != len(member):
+        if len({_component_id(item) for item in member}) != len(member):
             raise invalid_signature("malformed")          # RFC 9421 §2.5: no duplicates
         for item in member:
             if not isinstance(item.value, str):
@@ -277,7 +286,7 @@ class SignatureVerifier:
                 else request.field(item)
             if "\n" in value or "\r" in value:
                 raise invalid_signature("malformed")
-            lines.append(f"{item}: {value}")
+            lines.append(f"{_component_id(item)}: {value}")
         lines.append(f'"@signature-params": {member}')
         try:
             base = "\n".join(lines).encode("ascii")
