@@ -98,21 +98,22 @@ async def _scenario(client: DemoClient, totp_secret: str, device_key: Ed25519Pri
         calls.append((name, method, path, doc, status, resp_headers, answer))
         return status, answer
 
-    await step("normal payment", "POST", "/v1/payments", payment("alice", 24.90, "DE89370400440532013000"),
-               headers={"X-Device-Id": "alice-phone"})
+    # Alice pays a small amount: inside the PSD2 low-value exemption, nothing else is risky.
+    await step("normal payment", "POST", "/v1/payments", payment("alice", 24.90, "DE89370400440532013000"))
     await step("account lookup", "GET", "/v1/accounts/acc-1001")
     await step("malformed amount", "POST", "/v1/payments", raw=b'{"user_id": "alice", "amount": "12.00"}')
 
-    big = payment("alice", 1800, "FR7630006000011234567890189")
-    status, answer = await step("large payment, new payee", "POST", "/v1/payments", big,
-                                headers={"X-Device-Id": "alice-phone"})
+    # Above 250 EUR to a payee she never paid: PSD2 Art. 18 gives no exemption -> TOTP.
+    rent = payment("alice", 300, "FR7630006000011234567890189")
+    status, answer = await step("300 EUR to a new payee", "POST", "/v1/payments", rent)
     if status == 401 and answer.get("acr_values") == "otp":
-        await step("  answered with TOTP", "POST", "/v1/payments", big,
-                   headers={"X-Device-Id": "alice-phone", "Txgate-Challenge": answer["challenge"],
+        await step("  answered with TOTP", "POST", "/v1/payments", rent,
+                   headers={"Txgate-Challenge": answer["challenge"],
                             "Txgate-OTP": pyotp.TOTP(totp_secret).now()})
 
-    transfer = payment("alice", 9500, "GB29NWBK60161331926819", country="GB")
-    status, answer = await step("large transfer", "POST", "/v1/transfers", transfer,
+    # A large transfer to a new payee needs the device to sign the exact amount and payee.
+    transfer = payment("alice", 1800, "NL91ABNA0417164300")
+    status, answer = await step("1800 EUR transfer", "POST", "/v1/transfers", transfer,
                                 headers={"X-Device-Id": "alice-phone"})
     if status == 401 and answer.get("acr_values") == "device":
         signature = device_key.sign(base64.b64decode(answer["signing_payload"]))
@@ -121,10 +122,11 @@ async def _scenario(client: DemoClient, totp_secret: str, device_key: Ed25519Pri
                             "Txgate-Device-Id": "alice-phone",
                             "Txgate-Device-Signature": base64.b64encode(signature).decode()})
 
-    await step("high-risk country", "POST", "/v1/payments", payment("carol", 300, "KP0000000001", "KP"))
+    await step("sanctioned country", "POST", "/v1/payments", payment("carol", 120, "KP0000000001", "KP"))
+    # A burst of small payments to ever new payees: the velocity rules step in.
     for i in range(12):
-        await step(f"burst {i + 1}/12" if i in (0, 10, 11) else None, "POST", "/v1/payments",
-                   payment("mallory", 9.99, f"DE{i:020d}"), headers={"X-Device-Id": "mallory-1"})
+        shown = f"burst {i + 1}/12" if i in (0, 5, 10, 11) else None
+        await step(shown, "POST", "/v1/payments", payment("mallory", 9.99, f"DE{i:020d}"))
     await asyncio.sleep(0.2)   # the decision log is written off the request path
     return [_row(*call, decision_log) for call in calls if call[0] is not None]
 
@@ -136,10 +138,13 @@ def _row(name, method, path, doc, status, headers, answer, decision_log: Path) -
     decision = entry.get("decision") if entry else ("allow" if status < 400 else answer.get("error", ""))
     if status == 401 and answer.get("acr_values"):
         decision = f"step_up → {answer['acr_values']}"
+    elif answer.get("error") in ("enrollment_required", "user_locked"):
+        decision = f"step_up ({answer['error']})"
     hits = ", ".join(f"{h['id']}{'(shadow)' if h['mode'] == 'shadow' else ''}"
                      for h in (entry or {}).get("rules", []))
+    score = (entry or {}).get("score") or 0
     return Row(name, f"{method} {path}{amount}", status, str(decision),
-               str((entry or {}).get("tier") or "client"), str((entry or {}).get("score") or 0), hits)
+               str((entry or {}).get("tier") or "client"), f"{score:g}", hits)
 
 
 def _log_entry(path: Path, request_id: str) -> dict | None:

@@ -104,5 +104,12 @@ def test_demo_once_prints_its_table():
     result = txgate("demo", "--once", env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
     assert "txgate decisions" in result.stdout
-    for step in ("normal payment", "answered with TOTP", "device-signed", "high-risk country"):
-        assert step in result.stdout
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 5}
+    assert " 201 " in rows["normal payment"] and "allow" in rows["normal payment"]
+    assert "step_up → otp" in rows["300 EUR to a new payee"]
+    assert " 201 " in rows["answered with TOTP"] and " otp " in rows["answered with TOTP"]
+    assert "step_up → device" in rows["1800 EUR transfer"]
+    assert " 201 " in rows["device-signed"] and " device " in rows["device-signed"]
+    assert " 403 " in rows["sanctioned country"] and "deny" in rows["sanctioned country"]
+    assert " 400 " in rows["malformed amount"]
+    assert " 403 " in rows["burst 12/12"]
