@@ -54,9 +54,13 @@ class ChallengeStore:
     def _key(user: str, challenge_id: str) -> str:
         return f"{{u:{user}}}:challenge:{challenge_id}"
 
-    async def issue(self, user: str, method: str, req_hash: bytes) -> Challenge:
-        challenge = Challenge("ch_" + secrets.token_urlsafe(18), user, method, req_hash,
-                              self._clock() + self.ttl_s)
+    async def issue(self, user: str, method: str, req_hash: bytes,
+                    token: str | None = None) -> Challenge:
+        """A new challenge; ``token`` (random, URL-safe) becomes its id when the caller needs
+        to recognise the repeat (the gateway passes the request's event id)."""
+        if token is None or not _ID.fullmatch("ch_" + token):
+            token = secrets.token_urlsafe(18)
+        challenge = Challenge("ch_" + token, user, method, req_hash, self._clock() + self.ttl_s)
         record = {"user": user, "method": method, "hash": req_hash.hex(),
                   "expires_at": challenge.expires_at}
         await self._state.put(self._key(user, challenge.id), json.dumps(record).encode(),

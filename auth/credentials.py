@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 
 from auth.errors import CredentialError, MasterKeyError
 from auth.keys import MasterKey, SealError
-from gateway.state.base import StateBackend
+from gateway.state.base import StateBackend, StateError
 
 KINDS = ("client", "totp", "device")
 _CLIENTS = "{txgate:cred}:clients"
@@ -271,7 +271,14 @@ class CredentialStore:
         if hit is not None and hit[0] > now:
             return hit[1]
         key = None
-        record = await self._load("client", client_id) if _ID.fullmatch(client_id) else None
+        try:
+            record = await self._load("client", client_id) if _ID.fullmatch(client_id) else None
+        except StateError:
+            # Stale-if-error: while the store is down, a key this process already knew keeps
+            # working (the gateway decides whether to serve at all: on_state_error).
+            if hit is not None:
+                return hit[1]
+            raise
         if record is not None and record["revoked"] is None:
             if record["type"] == "hmac":
                 key = ClientKey(client_id, "hmac", self._open("client", client_id, record))

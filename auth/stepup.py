@@ -82,9 +82,11 @@ class StepUp:
         return f"{tag}:auth:failures", f"{tag}:auth:locked", f"{tag}:totp:step"
 
     async def check(self, required_tier: str, proven_tier: str, user_id: str | None,
-                    request_hash: bytes, transaction: Mapping, headers: Mapping[str, str]) -> str:
+                    request_hash: bytes, transaction: Mapping, headers: Mapping[str, str],
+                    token: str | None = None) -> str:
         """The tier achieved (``proven_tier`` when it suffices, else "otp" or "device");
-        raises AuthError 401 (challenge), 403 (nothing enrolled) or 423 (locked)."""
+        raises AuthError 401 (challenge), 403 (nothing enrolled) or 423 (locked).
+        ``token`` becomes the id of a challenge issued here (see ChallengeStore.issue)."""
         if tier_rank(proven_tier) >= tier_rank(required_tier):
             return proven_tier
         if not user_id:
@@ -123,7 +125,7 @@ class StepUp:
                     raise self._locked(until)
                 self._on_outcome(method, "failed")
                 reason = "step_up_failed"
-        raise await self._issue(required_tier, user_id, request_hash, transaction, reason)
+        raise await self._issue(required_tier, user_id, request_hash, transaction, reason, token)
 
     async def _verify(self, challenge: Challenge, method: str, required_tier: str, user: str,
                       req_hash: bytes, transaction: Mapping, code, signature, device_id) -> bool:
@@ -161,9 +163,9 @@ class StepUp:
         raise AuthError(403, "enrollment_required", "not_enrolled")
 
     async def _issue(self, required_tier: str, user: str, req_hash: bytes, transaction: Mapping,
-                     reason: str) -> AuthError:
+                     reason: str, token: str | None) -> AuthError:
         acr = await self._acr(required_tier, user)
-        challenge = await self.challenges.issue(user, acr, req_hash)
+        challenge = await self.challenges.issue(user, acr, req_hash, token)
         self._on_outcome(acr, "issued")
         body = {"acr_values": acr, "challenge": challenge.id,
                 "expires_in": self.challenges.ttl_s}

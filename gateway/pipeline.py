@@ -119,8 +119,11 @@ class Pipeline:
         wanted = ex.decision.required_tier
         if wanted and _TIER_RANK[wanted] > _TIER_RANK[required]:
             required = wanted
-        answered = "Txgate-Challenge" in ex.request.headers
-        if not answered and _TIER_RANK[required] <= _TIER_RANK[ex.tier]:
+        if "Txgate-Challenge" in ex.request.headers:
+            # An answer is always verified, even when the rules no longer ask for one: its
+            # challenge id is this request's event id, which must not be free to choose.
+            required = max(required, "otp", key=_TIER_RANK.__getitem__)
+        elif _TIER_RANK[required] <= _TIER_RANK[ex.tier]:
             return
         tier = await self._check(ex, required, ex.request.headers)
         if tier != ex.tier:
@@ -137,7 +140,7 @@ class Pipeline:
             return await self.s.stepup.check(
                 required, ex.tier, ex.transaction.get("user_id"),
                 request_hash(ex.request.method, ex.request.raw_path, ex.body),
-                ex.transaction, headers)
+                ex.transaction, headers, token=ex.event_id)
         except StateError as exc:
             STATE_ERRORS.labels(exc.operation).inc()
             raise StateUnavailable() from None   # step-up never degrades: it guards money
