@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import orjson
 from aiohttp import web
@@ -55,6 +56,9 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
         except RuleLoadError as exc:
             return _json({"error": "rules_invalid", "errors": exc.errors,
                           "version": services.rulebook.current.version}, 422)
+        supervisor = os.environ.get("TXGATE_SUPERVISOR_PID")
+        if supervisor:   # the other workers reload too (gateway.workers)
+            os.kill(int(supervisor), signal.SIGUSR1)
         return _json({"version": rules.version, "rules": len(rules.rules)})
 
     app.router.add_get("/healthz", healthz)

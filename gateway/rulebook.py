@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 from rules import RuleLoadError, RuleSet, load_rules
@@ -60,7 +61,11 @@ class RuleBook:
         for listener in self.listeners:
             listener(rules)
         if old is not None:
-            RULES_INFO.remove(old.rules.version, str(len(old.rules.rules)))
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                # prometheus-client cannot remove a label set across processes: zero it.
+                RULES_INFO.labels(old.rules.version, str(len(old.rules.rules))).set(0)
+            else:
+                RULES_INFO.remove(old.rules.version, str(len(old.rules.rules)))
             old.retired = True
             old.release()
         RULES_INFO.labels(rules.version, str(len(rules.rules))).set(1)

@@ -67,6 +67,9 @@ class GatewayServer:
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
         if self.config.rules.reload == "signal":
             loop.add_signal_handler(signal.SIGHUP, self.services.rulebook.reload_quietly)
+        # SIGUSR1 is the workers' internal "reload now": the supervisor broadcasts it when
+        # one worker was asked through the admin API, so that every worker reloads.
+        loop.add_signal_handler(signal.SIGUSR1, self.services.rulebook.reload_quietly)
 
     def stop(self) -> None:
         self._stopping.set()

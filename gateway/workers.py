@@ -78,6 +78,8 @@ def _supervise(config, key, token: str | None, workers: int) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="txgate-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     children: list[int] = []
+    # Workers ask the supervisor to broadcast a rules reload through this variable's pid.
+    os.environ["TXGATE_SUPERVISOR_PID"] = str(os.getpid())
     try:
         for _ in range(workers):
             pid = os.fork()
@@ -92,14 +94,16 @@ def _supervise(config, key, token: str | None, workers: int) -> int:
             children.append(pid)
 
         def forward(signum, _frame):
+            # SIGTERM/SIGINT stop every worker; SIGHUP/SIGUSR1 make every worker reload.
+            sent = signal.SIGTERM if signum in (signal.SIGTERM, signal.SIGINT) else signum
             for child in children:
                 try:
-                    os.kill(child, signal.SIGTERM)
+                    os.kill(child, sent)
                 except ProcessLookupError:
                     pass
 
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(signum, forward)
         from prometheus_client import multiprocess
         status = 0
         while children:
