@@ -113,3 +113,32 @@ def test_demo_once_prints_its_table():
     assert " 403 " in rows["sanctioned country"] and "deny" in rows["sanctioned country"]
     assert " 400 " in rows["malformed amount"]
     assert " 403 " in rows["burst 12/12"]
+
+
+def test_replay_a_real_decision_log_under_a_candidate_pack(tmp_path):
+    demo = txgate("demo", "--once", env={"COLUMNS": "300"})
+    log = next(line.split()[2] for line in demo.stdout.splitlines() if line.startswith("decision log: "))
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    for source in (ROOT / "rules" / "default").glob("*.yaml"):
+        text = source.read_text()
+        if source.name == "velocity.yaml":   # a stricter burst limit
+            text = text.replace("when: user_tx_1h > 10\n", "when: user_tx_1h > 8\n")
+        (candidate / source.name).write_text(text)
+    result = txgate("rules", "replay", "--log", log, "--rules", str(candidate), env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    assert "2 decisions change" in result.stdout
+    assert any(line.split() == ["require_otp", "deny", "2"] for line in result.stdout.splitlines())
+    assert any(line.split()[:4] == ["VEL-001", "2", "4", "+2"] for line in result.stdout.splitlines())
+
+
+def test_rules_check_with_a_config_checks_attribute_names(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.yaml").write_text("version: 1\nrules:\n  - {id: T-1, description: d, when: amuont > 5, action: deny}\n")
+    config = write_config(tmp_path, {"rules": {"path": str(rules)}, "routes": [
+        {"name": "p", "match": {"path": "/p"}, "upstream": "http://127.0.0.1:1",
+         "transaction": {"amount": "json:$.amount"}}]})
+    result = txgate("rules", "check", "--config", config)
+    assert result.returncode == 1
+    assert f"{rules / 'r.yaml'}:3: unknown attribute 'amuont'" in result.stderr
