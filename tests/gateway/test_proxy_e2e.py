@@ -152,6 +152,13 @@ def test_upstream_refused_reset_and_timeout(gateway):
     error_of(gateway.client.request("GET", f"{gateway.url}/slow?s=3"), 504, "upstream_timeout")
 
 
+def test_a_failed_post_is_never_retried(gateway, upstream):
+    upstream.clear()
+    error_of(gateway.client.request("POST", f"{gateway.url}/reset", json={"pay": 1}), 502,
+             "upstream_unavailable")
+    assert len(upstream.seen()) == 1   # sent once: a reset payment is not submitted again
+
+
 def _peak_rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
