@@ -69,6 +69,11 @@ def test_get_round_trip_preserves_status_body_and_end_to_end_headers(gateway, up
     assert r.headers["Txgate-Request-Id"] == sent["txgate-request-id"]
 
 
+def test_upstream_status_and_body_pass_unchanged(gateway):
+    r = gateway.client.request("POST", f"{gateway.url}/status/418")
+    assert r.status_code == 418 and r.json() == {"status": 418}
+
+
 def test_post_round_trip_carries_the_decision_and_strips_spoofed_headers(gateway, upstream):
     upstream.clear()
     doc = {"user_id": "u1", "amount": 1000, "currency": "EUR"}
