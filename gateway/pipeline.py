@@ -37,6 +37,7 @@ from metrics.definitions import FAIL_OPEN, STATE_ERRORS, UPSTREAM_DURATION, UPST
 log = logging.getLogger("txgate.pipeline")
 _TIER_RANK = {"client": 0, "otp": 1, "device": 2}
 _NO_ROUTE = GatewayError(404, "no_route", "no route matches this request")
+_INTERNAL = GatewayError(500, "internal_error", "the gateway failed; the request was not forwarded")
 
 
 class Pipeline:
@@ -66,6 +67,12 @@ class Pipeline:
         except (GatewayError, AuthError) as exc:
             ex.error = exc
             return error_response(exc, ex.request_id)
+        except Exception:
+            if ex.forwarded:
+                raise   # the answer is already streaming: only the connection can end now
+            log.exception("request %s failed inside the gateway", ex.request_id)
+            ex.error = _INTERNAL
+            return error_response(_INTERNAL, ex.request_id)
         finally:
             self.s.recorder.record(ex)
 

@@ -19,6 +19,8 @@ _STEP_UP_CODES = frozenset({"insufficient_user_authentication", "user_locked", "
 def outcome(ex) -> str:
     """The decision label of the contract: allow, review, step_up, deny or error."""
     error = ex.error
+    if error is None and not ex.forwarded:
+        return "error"   # the client went away before an answer
     if error is None:
         return "review" if ex.decision is not None and ex.decision.action == "review" else "allow"
     if isinstance(error, AuthError) and error.code in _STEP_UP_CODES:
