@@ -1,0 +1,63 @@
+"""A 500-rule pack: the shipped pack plus generated rules of the same shapes.
+
+The extra rules look like what a fraud team accumulates: per-segment amount limits, velocity
+variants and shadow candidates. Most do not fire on ordinary traffic (as in production, where
+most rules guard rare cases); the engine's cost grows mostly with rules that fire, which the
+rule-stage micro-benchmark measures separately.
+
+    python -m bench.rulepack OUT_DIR [TOTAL]
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+import rules as rules_package
+
+DEFAULT = Path(rules_package.__file__).resolve().parent / "default"
+_TEMPLATES = (
+    ("amount >= {a} and user_tx_24h > {n}", "score", 5),
+    ("amount > {a} and currency == \"EUR\" and channel == \"web\"", "action", "review"),
+    ("user_tx_1h > {n} and user_payees_24h > {m}", "score", 10),
+    ("amount + user_amount_24h > {b} and user_devices_7d > {m}", "action", "require_otp"),
+    ("country in [\"BR\", \"MX\", \"AR\"] and amount > {a}", "score", 15),
+    ("device_users_24h > {m} and amount >= {a}", "action", "review"),
+    ("matches(payee, \"GB%d%d{k}.*\") and amount > {a}", "score", 5),
+    ("user_tx_30d < {n} and amount > {a}", "score", 5),
+)
+
+
+def generated(count: int) -> list[dict]:
+    out = []
+    for i in range(count):
+        when, kind, value = _TEMPLATES[i % len(_TEMPLATES)]
+        rule = {"id": f"GEN-{i:04d}", "description": f"generated rule {i}",
+                "when": when.format(a=1000 + 37 * i, b=20000 + 101 * i, n=3 + i % 30,
+                                    m=2 + i % 7, k="NWBK" if i % 2 else "BARC"),
+                kind: value, "tags": ["generated"]}
+        if i % 5 == 0:
+            rule["mode"] = "shadow"
+        out.append(rule)
+    return out
+
+
+def build(out: Path, total: int = 500) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    shipped = 0
+    for source in sorted(DEFAULT.glob("*.yaml")):
+        if source.name.endswith("_test.yaml"):
+            continue
+        shutil.copy(source, out / source.name)
+        shipped += len(yaml.safe_load(source.read_text()).get("rules") or [])
+    extra = generated(total - shipped)
+    (out / "generated.yaml").write_text(yaml.safe_dump({"version": 1, "rules": extra},
+                                                       sort_keys=False))
+    return shipped + len(extra)
+
+
+if __name__ == "__main__":
+    print(build(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 500))
