@@ -26,6 +26,7 @@ into a later state round trip can call ``check`` and ``claim`` itself.
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 import hmac
 import re
@@ -301,6 +302,62 @@ class SignatureVerifier:
             claims.append((f"{tag}:nonce:{hashlib.sha256(nonce.encode()).hexdigest()[:32]}",
                            self._claim_ttl))
         return VerifiedSignature(keyid, label, tuple(claims))
+
+
+# The client id named by the verified TLS client certificate of the connection the current
+# request arrived on (set by gateway.server per request; None without one).
+TLS_CLIENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("txgate_tls_client",
+                                                                      default=None)
+_URI_PREFIX = "txgate:client:"
+
+
+def client_id_from_certificate(peercert: dict | None) -> str | None:
+    """The client id a verified certificate names: a ``URI:txgate:client:<id>`` SAN, else the
+    subject CN. The URI form cannot collide with a host name the same CA may also sign."""
+    if not peercert:
+        return None
+    for kind, value in peercert.get("subjectAltName", ()):
+        if kind == "URI" and value.startswith(_URI_PREFIX) and len(value) > len(_URI_PREFIX):
+            return value[len(_URI_PREFIX):]
+    for rdn in peercert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return value
+    return None
+
+
+class TlsClientVerifier:
+    """RFC 9421 first; without a ``Signature-Input`` header, a verified TLS client certificate
+    naming an active registered client proves the client tier instead.
+
+    TLS already binds the request to the connection (no replay of captured bytes, body
+    integrity), so no per-request claim is made. Revoking the client in the credential store
+    revokes the certificate's access too, within the store's key cache time.
+    """
+
+    def __init__(self, signatures: SignatureVerifier, store: CredentialStore):
+        self._signatures = signatures
+        self._store = store
+
+    async def verify(self, method: str, url: str, headers: Mapping[str, str],
+                     body: bytes) -> str:
+        """As SignatureVerifier.verify."""
+        checked = await self.check(method, url, headers, body)
+        await self.claim(checked)
+        return checked.client_id
+
+    async def claim(self, checked: VerifiedSignature) -> None:
+        await self._signatures.claim(checked)
+
+    async def check(self, method: str, url: str, headers: Mapping[str, str],
+                    body: bytes) -> VerifiedSignature:
+        """As SignatureVerifier.check; a certificate's answer has nothing to claim."""
+        client_id = TLS_CLIENT.get()
+        if client_id is None or _header(headers, "signature-input") is not None:
+            return await self._signatures.check(method, url, headers, body)
+        if await self._store.client_key(client_id) is None:
+            raise invalid_signature("unknown_certificate_client")
+        return VerifiedSignature(client_id, "tls", ())
 
 
 def content_digest(body: bytes, algorithm: str = "sha-256") -> str:

@@ -59,6 +59,27 @@ class LimitsConfig(_Strict):
     upstream_timeout_s: float = Field(10, gt=0)
     # How long SIGTERM waits for in-flight requests before closing them.
     shutdown_grace_s: float = Field(30, ge=0)
+    # The longest a client may take to send a request's headers, or its body once the headers
+    # are in, and the longest an idle keep-alive connection is kept. Without it a slow client
+    # (slowloris) holds a connection and its buffers for as long as it likes.
+    client_timeout_s: float = Field(60, gt=0)
+
+
+class TlsConfig(_Strict):
+    """TLS on ``listen``. Files are read at start and again on SIGHUP."""
+
+    cert_file: str
+    key_file: str
+    # When set, clients may present a certificate signed by this CA; its subject CN names a
+    # registered client and proves the client tier (auth.signatures.TlsClientVerifier).
+    client_ca_file: str | None = None
+
+    @field_validator("cert_file", "key_file", "client_ca_file")
+    @classmethod
+    def _readable(cls, value):
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
 
 
 class SignatureConfig(_Strict):
@@ -129,6 +150,8 @@ class RouteConfig(_Strict):
     upstream: str
     transaction: dict[str, FieldSpec] | None = None
     min_tier: Literal["client", "otp", "device"] = "client"
+    # An https:// upstream is verified against the system CAs, or against this CA bundle.
+    upstream_ca_file: str | None = None
     on_state_error: Literal["fail_closed", "fail_open", "local"] = "fail_closed"
 
     @field_validator("upstream")
@@ -138,6 +161,13 @@ class RouteConfig(_Strict):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("not a URL (expected http://host:port)")
         return value.rstrip("/")
+
+    @field_validator("upstream_ca_file")
+    @classmethod
+    def _ca_readable(cls, value):
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
 
     @field_validator("transaction", mode="before")
     @classmethod
@@ -159,6 +189,7 @@ class RouteConfig(_Strict):
 class Config(_Strict):
     listen: str = "0.0.0.0:8080"
     admin_listen: str = "127.0.0.1:9090"
+    tls: TlsConfig | None = None
     state: StateConfig = StateConfig()
     rules: RulesConfig = RulesConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -178,6 +209,11 @@ class Config(_Strict):
         duplicate = next((n for n in names if names.count(n) > 1), None)
         if duplicate:
             raise ValueError(f"route name {duplicate!r} is used twice")
+        # The forwarder picks an upstream's CA bundle by its URL, so one URL has one bundle.
+        bundles: dict[str, str | None] = {}
+        for route in routes:
+            if bundles.setdefault(route.upstream, route.upstream_ca_file) != route.upstream_ca_file:
+                raise ValueError(f"routes naming {route.upstream} disagree on upstream_ca_file")
         return routes
 
 

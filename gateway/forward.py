@@ -8,6 +8,7 @@ once: aiohttp never retries, and neither do we, so a payment cannot be submitted
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Mapping
 
 import aiohttp
@@ -64,6 +65,9 @@ class Forwarder:
     def __init__(self, timeout_s: float):
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        # Route upstream URL -> context verifying it against that route's own CA bundle;
+        # every other https upstream is verified against the system CAs (aiohttp's default).
+        self.tls_contexts: dict[str, ssl.SSLContext] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
@@ -80,9 +84,14 @@ class Forwarder:
     async def open(self, method: str, url: str, headers: CIMultiDict, body: bytes
                    ) -> aiohttp.ClientResponse:
         """Send the request; the caller streams the response. Errors become 502/504."""
+        context = True
+        for upstream, candidate in self.tls_contexts.items():
+            if url.startswith(upstream + "/"):
+                context = candidate
+                break
         try:
             return await self._session.request(method, url, headers=headers, data=body or None,
-                                               allow_redirects=False, compress=None)
+                                               allow_redirects=False, compress=None, ssl=context)
         except asyncio.TimeoutError:
             raise GatewayError(504, "upstream_timeout", "the upstream did not answer in time") from None
         except (aiohttp.ClientError, OSError):

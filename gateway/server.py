@@ -1,7 +1,12 @@
 """Run txgate: the proxy on ``listen``, the admin server on ``admin_listen``, clean shutdown.
 
 SIGTERM stops accepting, lets in-flight requests finish (up to ``limits.shutdown_grace_s``),
-flushes the decision log and exits 0. SIGHUP reloads the rules when ``reload: signal``.
+flushes the decision log and exits 0. SIGHUP reloads the rules when ``reload: signal`` and the
+TLS certificate and key when ``tls`` is set (both, when both are configured).
+
+``limits.client_timeout_s`` bounds a slow client: aiohttp closes a connection whose request
+headers are not complete within it (its keep-alive timer, which also runs while headers are
+still arriving), and ``_BodyDeadline`` answers 408 when the body is not complete within it.
 """
 
 from __future__ import annotations
@@ -9,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 
 from aiohttp import web
 
+from auth.signatures import TLS_CLIENT, TlsClientVerifier, client_id_from_certificate
 from gateway.admin import build_admin_app
-from gateway.config import Config
+from gateway.config import Config, TlsConfig
+from gateway.errors import GatewayError
 from gateway.pipeline import Pipeline
 from gateway.services import Services
 
@@ -23,6 +31,34 @@ log = logging.getLogger("txgate.server")
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ClientTimeout(GatewayError, TimeoutError):
+    """The client did not send its body in time. A TimeoutError too, so that aiohttp's
+    lingering read of the unread body stops quietly and closes the connection."""
+
+    def __init__(self):
+        super().__init__(408, "client_timeout", "the request body did not arrive in time")
+
+
+def server_tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.client_ca_file:
+        # Optional: clients without a certificate still sign their requests (RFC 9421).
+        context.load_verify_locations(cafile=tls.client_ca_file)
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+def upstream_tls_contexts(config: Config) -> dict[str, ssl.SSLContext]:
+    """One verifying context per https upstream that names its own CA bundle."""
+    contexts = {}
+    for route in config.routes:
+        if route.upstream.startswith("https://") and route.upstream_ca_file:
+            contexts[route.upstream] = ssl.create_default_context(cafile=route.upstream_ca_file)
+    return contexts
 
 
 class GatewayServer:
@@ -37,12 +73,22 @@ class GatewayServer:
         self._stopping = asyncio.Event()
         self._runners: list[web.BaseRunner] = []
         self.ports: dict[str, int] = {}
+        self.tls = server_tls_context(config.tls) if config.tls else None
+        self.services.forwarder.tls_contexts = upstream_tls_contexts(config)
+        if config.tls and config.tls.client_ca_file:
+            self.services.verifier = TlsClientVerifier(self.services.verifier,
+                                                       self.services.credentials)
+            self.services.local_verifier = TlsClientVerifier(self.services.local_verifier,
+                                                             self.services.credentials)
 
     async def start(self) -> None:
         await self.services.start()
-        pipeline = Pipeline(self.services)
+        self._pipeline = Pipeline(self.services)
         grace = self.config.limits.shutdown_grace_s
-        proxy = web.ServerRunner(web.Server(pipeline.handle, access_log=None),
+        # keepalive_timeout also closes a connection whose first request's headers are not
+        # complete in time (aiohttp's default is an hour).
+        proxy = web.ServerRunner(web.Server(self._handle, access_log=None,
+                                            keepalive_timeout=self.config.limits.client_timeout_s),
                                  shutdown_timeout=grace,
                                  handle_signals=False)
         admin = web.AppRunner(build_admin_app(self.services, self._admin_token),
@@ -52,7 +98,7 @@ class GatewayServer:
             await runner.setup()
             host, port = _split(address)
             site = web.TCPSite(runner, host, port, reuse_port=self._reuse_port or None,
-                               backlog=1024)
+                               backlog=1024, ssl_context=self.tls if name == "listen" else None)
             await site.start()
             self.ports[name] = runner.addresses[0][1]
             self._runners.append(runner)
@@ -61,12 +107,44 @@ class GatewayServer:
         log.info("txgate listening on %s (admin %s), rules %s", self.config.listen,
                  self.config.admin_listen, self.services.rulebook.current.version)
 
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        timer = None
+        if request.body_exists and not request.content.is_eof():
+            timer = asyncio.get_running_loop().call_later(
+                self.config.limits.client_timeout_s, _expire_body, request.content)
+        token = TLS_CLIENT.set(_tls_client(request)) if self.tls is not None else None
+        try:
+            return await self._pipeline.handle(request)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if token is not None:
+                TLS_CLIENT.reset(token)
+
+    def reload_tls(self) -> None:
+        """Load the certificate and key files again; a bad pair keeps the running one."""
+        tls = self.config.tls
+        try:
+            server_tls_context(tls)   # validate into a scratch context first: a failed
+            # load_cert_chain may leave a live context with a new certificate and the old key
+            self.tls.load_cert_chain(tls.cert_file, tls.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("TLS certificate reload failed, keeping the running one: %s", exc)
+            return
+        log.info("TLS certificate reloaded from %s", tls.cert_file)
+
+    def _on_sighup(self) -> None:
+        if self.config.rules.reload == "signal":
+            self.services.rulebook.reload_quietly()
+        if self.tls is not None:
+            self.reload_tls()
+
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
-        if self.config.rules.reload == "signal":
-            loop.add_signal_handler(signal.SIGHUP, self.services.rulebook.reload_quietly)
+        if self.config.rules.reload == "signal" or self.tls is not None:
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         # SIGUSR1 is the workers' internal "reload now": the supervisor broadcasts it when
         # one worker was asked through the admin API, so that every worker reloads.
         loop.add_signal_handler(signal.SIGUSR1, self.services.rulebook.reload_quietly)
@@ -86,3 +164,16 @@ class GatewayServer:
         await self.services.close()
         if served:
             log.info("txgate stopped")
+
+
+def _expire_body(content) -> None:
+    if not content.is_eof():
+        content.set_exception(ClientTimeout())
+
+
+def _tls_client(request: web.BaseRequest) -> str | None:
+    transport = request.transport
+    if transport is None or transport.get_extra_info("ssl_object") is None:
+        return None
+    # getpeercert() is empty unless the certificate verified against client_ca_file.
+    return client_id_from_certificate(transport.get_extra_info("peercert"))
