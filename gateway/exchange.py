@@ -22,6 +22,9 @@ class Exchange:
     attrs: dict = field(default_factory=dict)      # everything the rules see
     features: dict = field(default_factory=dict)   # counter values
     event_id: str | None = None
+    claims: tuple = ()                   # (state key, ttl ms) the signature must claim once
+    observation: Any = None              # gateway.velocity.Observation of the one state trip
+    velocity: Any = None                 # the Velocity that observation came from
     rules: Any = None                    # the RuleSet pinned for this request
     decision: Any = None                 # rules.Decision
     degraded: str | None = None          # "fail_open" | "local" when the store failed

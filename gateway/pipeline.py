@@ -23,7 +23,7 @@ import uuid
 import aiohttp
 from aiohttp import web
 
-from auth.errors import AuthError
+from auth.errors import AuthError, invalid_signature
 from auth.stepup import request_hash
 from gateway.body import read_body
 from gateway.errors import GatewayError, StateUnavailable
@@ -74,23 +74,47 @@ class Pipeline:
             ex.error = _INTERNAL
             return error_response(_INTERNAL, ex.request_id)
         finally:
+            if not ex.forwarded and ex.observation is not None:
+                # Not forwarded: take back the provisional on-allow counts before the answer
+                # leaves, so that a step-up repeat never races its own withdrawal.
+                await self.s.recorder.settle(ex)
             self.s.recorder.record(ex)
 
     async def authenticate(self, ex: Exchange) -> None:
+        """The stateless half of the signature check; the single-use claims it yields ride on
+        the request's one state round trip (``observe``), or on their own for pass-through."""
         req = ex.request
         target = f"{req.scheme}://{req.host}{req.raw_path}"
-        verifier = self.s.verifier
         try:
-            ex.client_id = await verifier.verify(req.method, target, req.headers, ex.body)
+            checked = await self.s.verifier.check(req.method, target, req.headers, ex.body)
         except StateError as exc:
-            # fail_open and local keep replay protection per process while the store is down.
+            # The client's key could not be read: the route's policy decides, and a key this
+            # process still holds (stale-if-error) keeps the request going.
             self._state_failed(ex, exc)
             try:
-                ex.client_id = await self.s.local_verifier.verify(req.method, target, req.headers,
-                                                                  ex.body)
+                checked = await self.s.local_verifier.check(req.method, target, req.headers,
+                                                            ex.body)
             except StateError:   # the client's key is not known to this process either
                 raise StateUnavailable() from None
+        ex.client_id = checked.client_id
+        ex.claims = tuple((key, max(1, int(ttl * 1000))) for key, ttl in checked.claims)
         ex.tier = "client"
+        if ex.route.config.transaction is None:
+            await self._claim_alone(ex)
+
+    async def _claim_alone(self, ex: Exchange) -> None:
+        if ex.degraded is None:
+            try:
+                trip = await self.s.state.trip(ex.claims, ())
+            except StateError as exc:
+                self._state_failed(ex, exc)
+            else:
+                if not trip.fresh:
+                    raise invalid_signature("replay")
+                return
+        # fail_open and local keep replay protection per process while the store is down.
+        if not (await self.s.local_state.trip(ex.claims, ())).fresh:
+            raise invalid_signature("replay")
 
     def extract(self, ex: Exchange) -> None:
         req = ex.request
@@ -98,14 +122,30 @@ class Pipeline:
         ex.attrs = {**builtin_attributes(ex), **ex.transaction}
 
     async def observe(self, ex: Exchange) -> None:
+        """ONE state call: the signature's claims, every counter, the provisional on-allow."""
         velocity = self.s.velocity_for(ex.rules)
         ex.event_id = self.s.event_id(ex)
-        try:
-            ex.features = await velocity.shared.observe(ex.attrs, ex.event_id)
-        except StateError as exc:
-            self._state_failed(ex, exc)
-            ex.features = await velocity.local.observe(ex.attrs, ex.event_id) \
-                if ex.degraded == "local" else {}
+        observation = None
+        if ex.degraded is None:
+            try:
+                observation = await velocity.shared.observe_once(ex.attrs, ex.event_id,
+                                                                 ex.claims)
+                ex.velocity = velocity.shared
+            except StateError as exc:
+                self._state_failed(ex, exc)
+        if ex.degraded is not None:
+            # Replay protection per process while the store is down; counters too for "local".
+            local = velocity.local if ex.degraded == "local" else None
+            if local is not None:
+                observation = await local.observe_once(ex.attrs, ex.event_id, ex.claims)
+                ex.velocity = local
+            elif not (await self.s.local_state.trip(ex.claims, ())).fresh:
+                raise invalid_signature("replay")
+        if observation is not None:
+            if not observation.fresh:
+                raise invalid_signature("replay")
+            ex.observation = observation
+            ex.features = observation.features
         ex.attrs.update(ex.features)
 
     def _state_failed(self, ex: Exchange, exc: StateError) -> None:
@@ -176,7 +216,7 @@ class Pipeline:
         UPSTREAM_DURATION.labels(route.name).observe(time.perf_counter() - sent)
         ex.forwarded = True
         ex.upstream_status = upstream.status
-        after = asyncio.ensure_future(self.s.recorder.after_forward(ex)) if ex.decision else None
+        after = asyncio.ensure_future(self.s.recorder.settle(ex)) if ex.decision else None
         try:
             return await stream_back(req, upstream, {"Txgate-Request-Id": ex.request_id})
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:

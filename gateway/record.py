@@ -80,19 +80,27 @@ class Recorder:
             entry["degraded"] = ex.degraded
         return entry
 
-    async def after_forward(self, ex) -> None:
-        """Count a forwarded transaction in ``on: allow`` counters; reset after a step-up."""
-        if ex.upstream_status is None or ex.upstream_status >= 400 or ex.degraded == "fail_open":
+    async def settle(self, ex) -> None:
+        """Make the ``on: allow`` counters agree with what became of the request.
+
+        Forwarded with a status below 400: the provisional counts stand; the kinds that cannot
+        be provisional are recorded now, and a step-up restarts the reset counters. Otherwise
+        the provisional counts are withdrawn. Awaited by the request, never fire-and-forget.
+        """
+        target, observation = ex.velocity, ex.observation
+        if target is None or observation is None:
             return
-        velocity = self._velocity_for(ex.rules)
-        target = velocity.local if ex.degraded == "local" else velocity.shared
         try:
-            await target.record_allowed(ex.attrs, ex.event_id)
+            if not ex.forwarded or ex.upstream_status is None or ex.upstream_status >= 400:
+                await target.withdraw(observation)
+                return
+            if target.allow_after_forward:
+                await target.record_allowed(ex.attrs, ex.event_id, provisional_done=True)
             if ex.stepped_up:
                 await target.strong_auth(ex.attrs)
         except StateError as exc:
             STATE_ERRORS.labels(exc.operation).inc()
-            log.error("on-allow counters not updated for request %s: %s", ex.request_id, exc)
+            log.error("on-allow counters not settled for request %s: %s", ex.request_id, exc)
 
 
 def _hit(hit) -> dict:

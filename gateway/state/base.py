@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.velocity.ops import Batch
+    from gateway.velocity.ops import Batch, Trip
 
 
 class StateError(Exception):
@@ -82,10 +82,18 @@ class StateBackend(ABC):
     async def hgetall(self, key: str) -> dict[str, bytes]:
         """Every field of a record collection."""
 
-    @abstractmethod
     async def velocity(self, batches: Sequence[Batch]) -> list[list[int]]:
         """Apply each batch of counter operations atomically; one result list per batch.
 
         Each batch holds the keys of one entity (one hash tag), so a cluster may run the
         batches on different nodes concurrently; ``gateway.velocity`` defines the semantics.
+        """
+        return [list(r) for r in (await self.trip((), batches)).results]
+
+    @abstractmethod
+    async def trip(self, claims: Sequence[tuple[str, int]], batches: Sequence[Batch]) -> Trip:
+        """Claim every (key, ttl ms) and, only if all were fresh, apply the batches.
+
+        On one server this is one atomic round trip: the request path's only state call. When
+        a claim was already taken nothing is written and ``Trip.fresh`` is False.
         """

@@ -6,8 +6,8 @@ import time
 from collections.abc import Sequence
 
 from gateway.state.base import StateBackend
-from gateway.velocity.memory import apply_batches
-from gateway.velocity.ops import Batch
+from gateway.velocity.memory import apply_trip
+from gateway.velocity.ops import Batch, Trip
 
 
 class MemoryBackend(StateBackend):
@@ -90,5 +90,5 @@ class MemoryBackend(StateBackend):
         record = self._live(key)
         return dict(record) if isinstance(record, dict) else {}
 
-    async def velocity(self, batches: Sequence[Batch]) -> list[list[int]]:
-        return apply_batches(self, batches)
+    async def trip(self, claims: Sequence[tuple[str, int]], batches: Sequence[Batch]) -> Trip:
+        return apply_trip(self, claims, batches)

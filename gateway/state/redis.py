@@ -14,7 +14,7 @@ from redis.retry import Retry
 
 from gateway.state.base import StateBackend, StateError
 from gateway.velocity import redis as velocity_script
-from gateway.velocity.ops import Batch
+from gateway.velocity.ops import Batch, Trip
 
 T = TypeVar("T")
 
@@ -133,19 +133,30 @@ class RedisBackend(StateBackend):
         record = await self._call("hgetall", lambda: self._client.hgetall(key))
         return {name.decode(): value for name, value in record.items()}
 
-    async def velocity(self, batches: Sequence[Batch]) -> list[list[int]]:
-        if not batches:
-            return []
+    async def trip(self, claims: Sequence[tuple[str, int]], batches: Sequence[Batch]) -> Trip:
+        if not claims and not batches:
+            return Trip(True, 0, (), ())
         if not self.cluster:
-            merged = await self._call("velocity", lambda: velocity_script.run_batch(
-                self._client, velocity_script.merge(batches)))
-            results, start = [], 0
-            for batch in batches:
-                results.append(merged[start:start + len(batch.ops)])
-                start += len(batch.ops)
-            return results
-        # One script per entity slot, all in flight at once: the request waits for the slowest
-        # slot, not for the sum of them.
-        return list(await asyncio.gather(*(self._call(
-            "velocity", lambda batch=batch: velocity_script.run_batch(self._client, batch))
-            for batch in batches)))
+            return await self._call("velocity", lambda: velocity_script.run_merged(
+                self._client, claims, batches))
+        # Cluster: claims live in the client's slot, counters in each entity's. Claims go first
+        # so that a replay is refused before anything is counted; then one script per entity
+        # slot, all in flight at once (the request waits for the slowest, not for the sum).
+        if claims:
+            claimed = await self._call("velocity", lambda: velocity_script.run(
+                self._client, claims, ()))
+            if not claimed.fresh:
+                return claimed
+        groups: dict[str, list[Batch]] = {}
+        for batch in batches:
+            groups.setdefault(batch.tag, []).append(batch)
+        parts = await asyncio.gather(*(self._call(
+            "velocity", lambda group=group: velocity_script.run(self._client, (), group))
+            for group in groups.values()))
+        by_batch = {}
+        for group, part in zip(groups.values(), parts):
+            for batch, applied, result in zip(group, part.applied, part.results):
+                by_batch[id(batch)] = (applied, result)
+        now = max((part.now_ms for part in parts), default=0)
+        return Trip(True, now, tuple(by_batch[id(b)][0] for b in batches),
+                    tuple(by_batch[id(b)][1] for b in batches))

@@ -3,19 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.state.base import StateBackend
 from gateway.velocity.counters import PREFIX, CounterPlan, encode
-from gateway.velocity.ops import Batch, Op
+from gateway.velocity.ops import NUMBER, PROVISIONAL, UNDO, Batch, Op, Trip
 from gateway.velocity.window import EVENT_TTL_S
 
 if TYPE_CHECKING:
     from rules import CounterSpec
 
 
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one request's state round trip found.
+
+    ``fresh`` is False when a single-use claim (signature, nonce) was already used: nothing
+    was counted. ``pending`` holds the ``on: allow`` increments applied provisionally, which
+    ``Velocity.withdraw`` takes back when the request is not forwarded after all.
+    """
+
+    fresh: bool
+    features: dict
+    pending: tuple[Batch, ...] = ()
+    at_ms: int = 0
+
+
 class Velocity:
     """Counters of one rule set over one state backend.
+
+    ``on: allow`` counters of count/sum kind are applied *provisionally* in the request's one
+    round trip (the rules still see the value without this request) and withdrawn if the
+    request ends up not forwarded; other ``on: allow`` kinds (distinct, first_seen) cannot be
+    undone exactly and are applied after forwarding by ``record_allowed``.
 
     For the ``local`` failure policy, ``Velocity(counters, MemoryBackend())`` is a per-process
     fallback with the same semantics.
@@ -25,36 +46,94 @@ class Velocity:
                  *, event_ttl_s: int = EVENT_TTL_S):
         self.backend = backend
         self._plans = [CounterPlan.of(spec) for spec in counters]
-        self._allow = [plan for plan in self._plans if plan.spec.on == "allow"]
+        self._provisional = frozenset(id(p) for p in self._plans
+                                      if p.spec.on == "allow" and p.kind == NUMBER)
+        self._late = [p for p in self._plans
+                      if p.spec.on == "allow" and id(p) not in self._provisional]
         self._resets = [plan for plan in self._plans if plan.spec.reset_on == "strong_auth"]
         # The event marker must outlive a step-up round trip (challenge_ttl_s, 300 s by default).
         self._event_ttl_ms = event_ttl_s * 1000
+
+    @property
+    def allow_after_forward(self) -> bool:
+        """True when some ``on: allow`` counter still needs ``record_allowed`` after forwarding."""
+        return bool(self._late)
 
     async def observe(self, attrs: dict, event_id: str) -> dict[str, int | float]:
         """Every counter's value for this request, ``on: attempt`` updates included.
 
         A repeated ``event_id`` is read without counting it again. Raises StateError.
         """
-        groups: dict[str, list[tuple[CounterPlan, Op]]] = {}
+        return (await self.observe_once(attrs, event_id, (), provisional=False)).features
+
+    async def observe_once(self, attrs: dict, event_id: str, claims: Sequence[tuple[str, int]],
+                           *, provisional: bool = True) -> Observation:
+        """Claim ``claims`` (key, ttl ms) and observe every counter in ONE state call.
+
+        With ``provisional``, count/sum ``on: allow`` counters are applied now (once per
+        ``event_id``) and reported without this request; call ``withdraw`` if the request is
+        then not forwarded. Raises StateError.
+        """
+        event, allowed = f"e:{encode(event_id)}", f"a:{encode(event_id)}"
+        tags: dict[str, tuple[list, list]] = {}
         for plan in self._plans:
             located = plan.tag_and_key(attrs)
-            if located is not None:
-                tag, key = located
-                op = plan.op(key, attrs, update=plan.spec.on == "attempt")
-                groups.setdefault(tag, []).append((plan, op))
-        results = await self._run(groups, f"e:{encode(event_id)}")
+            if located is None:
+                continue
+            tag, key = located
+            now_ops, allow_ops = tags.setdefault(tag, ([], []))
+            if provisional and id(plan) in self._provisional:
+                op = plan.op(key, attrs, update=True)
+                allow_ops.append((plan, Op(key, PROVISIONAL, op.update, op.value, op.window_ms,
+                                           op.bucket_ms, op.ttl_ms)))
+            else:
+                now_ops.append((plan, plan.op(key, attrs, update=plan.spec.on == "attempt")))
+        members, batches, pending_index = [], [], []
+        for tag, (now_ops, allow_ops) in tags.items():
+            for marker, ops in ((event, now_ops), (allowed, allow_ops)):
+                if ops:
+                    members.append(ops)
+                    if marker is allowed:
+                        pending_index.append(len(batches))
+                    batches.append(Batch(f"{PREFIX}:{tag}:{marker}", self._event_ttl_ms,
+                                         tuple(op for _, op in ops)))
+        trip: Trip = await self.backend.trip(claims, batches)
+        if not trip.fresh:
+            return Observation(False, {})
         features: dict[str, int | float] = {}
-        for members, values in zip(groups.values(), results):
-            for (plan, _), result in zip(members, values):
+        for ops, values in zip(members, trip.results):
+            for (plan, _), result in zip(ops, values):
                 value = plan.feature(result)
                 if value is not None:
                     features[plan.spec.feature] = value
-        return features
+        pending = tuple(batches[i] for i in pending_index if trip.applied[i])
+        return Observation(True, features, pending, trip.now_ms)
 
-    async def record_allowed(self, attrs: dict, event_id: str) -> None:
-        """Apply the ``on: allow`` updates of a forwarded request, once per ``event_id``."""
+    async def withdraw(self, observation: Observation) -> None:
+        """Take back the provisional ``on: allow`` increments of a request not forwarded.
+
+        The allow marker is deleted too, so the step-up repeat of the same transaction can
+        count it when it is forwarded. Raises StateError.
+        """
+        undo = []
+        for batch in observation.pending:
+            ops = tuple(Op(op.key, UNDO, True, -int(op.value), observation.at_ms, op.bucket_ms,
+                           op.ttl_ms) for op in batch.ops if op.update)
+            undo.append(Batch(batch.marker, batch.marker_ttl_ms, ops, undo=True))
+        if undo:
+            await self.backend.trip((), undo)
+
+    async def record_allowed(self, attrs: dict, event_id: str, *,
+                             provisional_done: bool = False) -> None:
+        """Apply the ``on: allow`` updates of a forwarded request, once per ``event_id``.
+
+        With ``provisional_done`` the count/sum ones were already applied by ``observe_once``
+        and only the remaining kinds are recorded here.
+        """
+        plans = self._late if provisional_done else [
+            p for p in self._plans if p.spec.on == "allow"]
         groups: dict[str, list[tuple[CounterPlan, Op]]] = {}
-        for plan in self._allow:
+        for plan in plans:
             located = plan.tag_and_key(attrs)
             if located is not None:
                 tag, key = located

@@ -12,31 +12,52 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from gateway.velocity.ops import ABSENT, DISTINCT, FIRST_SEEN, NUMBER, Batch, Op
+from gateway.velocity.ops import (ABSENT, DISTINCT, FIRST_SEEN, NUMBER, PROVISIONAL, UNDO, Batch,
+                                  Op, Trip)
 from gateway.velocity.window import DISTINCT_CAP, bucket_count
 
 if TYPE_CHECKING:
     from gateway.state.memory import MemoryBackend
 
 
-def apply_batches(backend: MemoryBackend, batches: Sequence[Batch]) -> list[list[int]]:
-    """Run every batch against ``backend``'s store; one result per op, as the Lua script."""
+def apply_trip(backend: MemoryBackend, claims: Sequence[tuple[str, int]],
+               batches: Sequence[Batch]) -> Trip:
+    """Claims, then every batch, against ``backend``'s store: the Lua script's semantics."""
     # The executor is the backend's friend: it uses the store's private _live/_store so that
     # expiry and the injectable clock behave exactly as for every other key.
     now = math.floor(backend._clock() * 1000)
-    return [_apply(backend, batch, now) for batch in batches]
+    if any(backend._live(key) is not None for key, _ in claims):
+        return Trip(False, now, (), ())
+    for key, ttl_ms in claims:
+        backend._store(key, b"1", ttl_ms / 1000)
+    applied, results = [], []
+    for batch in batches:
+        apply, result = _apply(backend, batch, now)
+        applied.append(apply)
+        results.append(tuple(result))
+    return Trip(True, now, tuple(applied), tuple(results))
 
 
-def _apply(backend: MemoryBackend, batch: Batch, now: int) -> list[int]:
+def _apply(backend: MemoryBackend, batch: Batch, now: int) -> tuple[bool, list[int]]:
     apply = True
-    if batch.marker is not None:
+    if batch.marker is not None and batch.undo:
+        backend._values.pop(batch.marker, None)
+        backend._expiry.pop(batch.marker, None)
+    elif batch.marker is not None:
         apply = backend._live(batch.marker) is None
         if apply:
             backend._store(batch.marker, b"1", batch.marker_ttl_ms / 1000)
-    return [_op(backend, op, apply and op.update, now) for op in batch.ops]
+    return apply, [_op(backend, op, apply and op.update, now) for op in batch.ops]
 
 
 def _op(backend: MemoryBackend, op: Op, update: bool, now: int) -> int:
+    if op.kind == UNDO:
+        _undo(backend, op)
+        return 0
+    if op.kind == PROVISIONAL:
+        total = _op(backend, Op(op.key, NUMBER, update, op.value, op.window_ms, op.bucket_ms,
+                                op.ttl_ms), update, now)
+        return total - int(op.value) if update else total
     ttl_s = op.ttl_ms / 1000
     current = backend._live(op.key)
     if op.kind == NUMBER and op.window_ms > 0:
@@ -78,3 +99,14 @@ def _op(backend: MemoryBackend, op: Op, update: bool, now: int) -> int:
     backend._values.pop(op.key, None)
     backend._expiry.pop(op.key, None)
     return 0
+
+
+def _undo(backend: MemoryBackend, op: Op) -> None:
+    """Take back a provisional increment: the bucket of its time, or the running total."""
+    current = backend._live(op.key)
+    if op.bucket_ms > 0 and isinstance(current, dict):
+        index = op.window_ms // op.bucket_ms
+        if index in current:
+            current[index] += int(op.value)
+    elif op.bucket_ms == 0 and isinstance(current, int):
+        backend._values[op.key] = current + int(op.value)

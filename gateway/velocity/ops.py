@@ -13,6 +13,12 @@ NUMBER = "n"      # bucketed sliding window when window_ms > 0, else one running
 DISTINCT = "d"    # last-seen time per member digest, trimmed to DISTINCT_CAP members
 FIRST_SEEN = "f"  # first time the key was seen; result is its age in ms, ABSENT if never
 RESET = "x"       # delete the key (strong authentication restarts the counter)
+# An on: allow NUMBER applied in the request's one state round trip, before the decision: its
+# result leaves out its own increment, so the rules see what an after-the-fact update would
+# have shown. UNDO takes it back when the request is then not forwarded; its window_ms holds
+# the time of the original increment (so the same bucket is decremented).
+PROVISIONAL = "p"
+UNDO = "u"
 
 ABSENT = -1
 
@@ -35,9 +41,31 @@ class Batch:
     """Operations on keys of one hash tag, applied atomically.
 
     When ``marker`` is set, the updates apply only if the marker key did not exist yet (it is
-    then created with ``marker_ttl_ms``): that makes a repeated event id read-only.
+    then created with ``marker_ttl_ms``): that makes a repeated event id read-only. An ``undo``
+    batch instead deletes its marker and applies its ops unconditionally.
     """
 
     marker: str | None
     marker_ttl_ms: int
     ops: tuple[Op, ...]
+    undo: bool = False
+
+    @property
+    def tag(self) -> str:
+        """The hash tag every key of the batch carries (its Redis Cluster slot)."""
+        key = self.marker if self.marker is not None else self.ops[0].key
+        return key[key.index("{"):key.index("}") + 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """The answer of one state round trip.
+
+    ``fresh`` is False when a single-use claim was already taken; nothing was written then.
+    ``applied[i]`` says whether batch i's marker was fresh (its updates happened).
+    """
+
+    fresh: bool
+    now_ms: int
+    applied: tuple[bool, ...]
+    results: tuple[tuple[int, ...], ...]

@@ -1,4 +1,4 @@
-"""The velocity operations on Redis: one EVALSHA of the Lua script (``script.py``) per batch call.
+"""The velocity operations on Redis: one EVALSHA of the Lua script (``script.py``) per call.
 
 The script text and its SHA are computed once at import; a server that lost its script cache
 (restart, failover, SCRIPT FLUSH) answers NOSCRIPT and gets the script with EVAL, which both
@@ -12,42 +12,79 @@ from collections.abc import Sequence
 
 from redis.exceptions import NoScriptError
 
-from gateway.velocity.ops import Batch
+from gateway.velocity.ops import Batch, Trip
 from gateway.velocity.script import LUA
 from gateway.velocity.window import DISTINCT_CAP
 
 SCRIPT = LUA.replace("__DISTINCT_CAP__", str(DISTINCT_CAP))
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+_MODE = {(False, False): "0", (True, False): "1", (True, True): "2"}
 
 
-def script_call(batch: Batch) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV for one batch, in the layout the Lua script (``script.py``) reads."""
-    keys: list[str] = []
-    args: list[str | int] = [batch.marker_ttl_ms, "1" if batch.marker is not None else "0"]
-    if batch.marker is not None:
-        keys.append(batch.marker)
-    for op in batch.ops:
-        keys.append(op.key)
-        args += [op.kind, "1" if op.update else "0", op.value,
-                 op.window_ms, op.bucket_ms, op.ttl_ms]
+def script_call(claims: Sequence[tuple[str, int]], batches: Sequence[Batch]
+                ) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV for claims (key, ttl ms) and batches, in the layout ``script.py`` reads."""
+    keys = [key for key, _ in claims]
+    args: list[str | int] = [len(claims), *(ttl for _, ttl in claims)]
+    for batch in batches:
+        has_marker = batch.marker is not None
+        args += [_MODE[has_marker, batch.undo and has_marker], batch.marker_ttl_ms,
+                 len(batch.ops)]
+        if has_marker:
+            keys.append(batch.marker)
+        for op in batch.ops:
+            keys.append(op.key)
+            args += [op.kind, "1" if op.update else "0", op.value,
+                     op.window_ms, op.bucket_ms, op.ttl_ms]
     return keys, args
 
 
-async def run_batch(client, batch: Batch) -> list[int]:
-    """Run one batch on ``client`` (a Redis or RedisCluster); errors propagate to the caller."""
-    keys, args = script_call(batch)
-    try:
-        result = await client.evalsha(SHA, len(keys), *keys, *args)
-    except NoScriptError:
-        result = await client.eval(SCRIPT, len(keys), *keys, *args)
-    return [int(value) for value in result]
+def parse(raw: Sequence, batches: Sequence[Batch]) -> Trip:
+    values = [int(v) for v in raw]
+    if not values[0]:
+        return Trip(False, values[1], (), ())
+    applied, results, at = [], [], 2
+    for batch in batches:
+        applied.append(bool(values[at]))
+        results.append(tuple(values[at + 1:at + 1 + len(batch.ops)]))
+        at += 1 + len(batch.ops)
+    return Trip(True, values[1], tuple(applied), tuple(results))
 
 
-def merge(batches: Sequence[Batch]) -> Batch:
-    """One batch for a single server: every op behind the first batch's marker.
+def merge(batches: Sequence[Batch]) -> tuple[list[Batch], list[tuple[int, int, int]]]:
+    """For a single server: one batch per kind of marker (``e:``, ``a:``, none) instead of one
+    per entity, and where each original batch's results lie in the merged ones.
 
-    On one server all markers are set or unset together (each call is atomic), so a single
-    marker decides for all of them, and the request stays one round trip.
+    On one server all markers of a kind are set or unset together (the call is atomic), so the
+    first one decides for all: fewer keys and arguments, the same semantics.
     """
-    ops = tuple(op for batch in batches for op in batch.ops)
-    return Batch(batches[0].marker, batches[0].marker_ttl_ms, ops)
+    merged: dict[tuple, list] = {}
+    where = []
+    for batch in batches:
+        kind = (None if batch.marker is None else batch.marker.rsplit("}", 1)[1], batch.undo)
+        first, ops = merged.setdefault(kind, [batch, []])
+        where.append((list(merged).index(kind), len(ops), len(batch.ops)))
+        ops.extend(batch.ops)
+    out = [Batch(first.marker, first.marker_ttl_ms, tuple(ops), first.undo)
+           for first, ops in merged.values()]
+    return out, where
+
+
+async def run_merged(client, claims: Sequence[tuple[str, int]], batches: Sequence[Batch]) -> Trip:
+    """``run`` with the batches merged per marker kind (single server only)."""
+    merged, where = merge(batches)
+    trip = await run(client, claims, merged)
+    if not trip.fresh:
+        return trip
+    return Trip(True, trip.now_ms, tuple(trip.applied[m] for m, _, _ in where),
+                tuple(trip.results[m][start:start + n] for m, start, n in where))
+
+
+async def run(client, claims: Sequence[tuple[str, int]], batches: Sequence[Batch]) -> Trip:
+    """Run claims and batches in one script call on ``client``; errors propagate."""
+    keys, args = script_call(claims, batches)
+    try:
+        raw = await client.evalsha(SHA, len(keys), *keys, *args)
+    except NoScriptError:
+        raw = await client.eval(SCRIPT, len(keys), *keys, *args)
+    return parse(raw, batches)

@@ -5,26 +5,32 @@ suite in tests/gateway/velocity runs against both and against a real cluster.
 """
 
 LUA = r"""
--- txgate velocity: read and update the counters of one entity (one hash-tag slot) atomically.
+-- txgate velocity: single-use claims, then counters of one or more batches, atomically.
 -- gateway/velocity/memory.py implements the same semantics in Python; keep the two in step.
 --
--- ARGV[1] marker TTL (ms), ARGV[2] '1' when KEYS[1] is the event marker, then 6 per counter:
---   kind ('n' number, 'd' distinct, 'f' first_seen, 'x' reset), update ('1'/'0'), value,
---   window ms (0 = none), bucket ms, ttl ms.   KEYS: [marker,] one key per counter.
--- Returns one integer per counter: total (scaled sum or count), distinct members, first-seen
--- age in ms (-1 when never seen), 0 for a reset.
+-- KEYS: the claim keys, then per batch [marker,] one key per op.
+-- ARGV[1] number of claims C, ARGV[2 .. C+1] their TTLs (ms); then per batch: marker mode
+--   ('0' none, '1' set if absent, '2' delete), marker TTL (ms), op count, then 6 per op:
+--   kind, update ('1'/'0'), value, window ms, bucket ms, ttl ms.
+-- Kinds: 'n' number, 'p' number whose result leaves out its own increment (an on: allow
+--   counter applied provisionally), 'u' undo of a 'p' (value = minus the increment, the
+--   window slot = the time it was applied), 'd' distinct, 'f' first_seen, 'x' reset.
+-- Returns {1, now, then per batch: applied (1/0) and one integer per op}: a total (scaled sum
+-- or count), distinct members, first-seen age in ms (-1 when never seen), 0 for a reset/undo.
+-- A claim key that already exists returns {0, now} and writes nothing at all: a replayed
+-- signature or nonce is refused before anything is counted.
 
 local t = redis.call('TIME')
 -- Time comes from the store so that gateways with skewed clocks agree.
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cap = tonumber('__DISTINCT_CAP__')
 
-local apply = true
-local k0 = 0
-if ARGV[2] == '1' then
-  k0 = 1
-  -- A repeated event id (step-up repeat, retried record) reads but never counts twice.
-  apply = redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) ~= false
+local nclaims = tonumber(ARGV[1])
+for c = 1, nclaims do
+  if redis.call('EXISTS', KEYS[c]) == 1 then return {0, now} end
+end
+for c = 1, nclaims do
+  redis.call('SET', KEYS[c], '1', 'PX', ARGV[1 + c])
 end
 
 local function windowed(key, upd, inc, win, bucket, ttl)
@@ -48,42 +54,69 @@ local function windowed(key, upd, inc, win, bucket, ttl)
   return total
 end
 
-local out = {}
-for i = 1, (#ARGV - 2) / 6 do
-  local a = 2 + (i - 1) * 6
-  local kind, val = ARGV[a + 1], ARGV[a + 3]
-  local upd = apply and ARGV[a + 2] == '1'
-  local win, bucket, ttl = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), ARGV[a + 6]
-  local key = KEYS[k0 + i]
-  if kind == 'n' then
-    if win > 0 then
-      out[i] = windowed(key, upd, val, win, bucket, ttl)
-    else
-      if upd then
+local out = {1, now}
+local a, k = 1 + nclaims, nclaims
+while a < #ARGV do
+  local mode, marker_ttl, nops = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  a = a + 3
+  local apply = true
+  if mode == '1' then
+    k = k + 1
+    -- A repeated event id (step-up repeat, retried record) reads but never counts twice.
+    apply = redis.call('SET', KEYS[k], '1', 'NX', 'PX', marker_ttl) ~= false
+  elseif mode == '2' then
+    k = k + 1
+    redis.call('DEL', KEYS[k])
+  end
+  out[#out + 1] = apply and 1 or 0
+  for _ = 1, nops do
+    local kind, val = ARGV[a + 1], ARGV[a + 3]
+    local upd = apply and ARGV[a + 2] == '1'
+    local win, bucket, ttl = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), ARGV[a + 6]
+    a = a + 6
+    k = k + 1
+    local key = KEYS[k]
+    local i = #out + 1
+    if kind == 'n' or kind == 'p' then
+      if win > 0 then
+        out[i] = windowed(key, upd, val, win, bucket, ttl)
+      else
+        if upd then
+          redis.call('INCRBY', key, val)
+          redis.call('PEXPIRE', key, ttl)
+        end
+        out[i] = tonumber(redis.call('GET', key) or '0')
+      end
+      if kind == 'p' and upd then out[i] = out[i] - tonumber(val) end
+    elseif kind == 'u' then
+      -- The bucket of the original increment, so the window total is exactly restored.
+      local field = string.format('%d', math.floor(win / (bucket > 0 and bucket or 1)))
+      if bucket > 0 and redis.call('HEXISTS', key, field) == 1 then
+        redis.call('HINCRBY', key, field, val)
+      elseif bucket == 0 and redis.call('EXISTS', key) == 1 then
         redis.call('INCRBY', key, val)
+      end
+      out[i] = 0
+    elseif kind == 'd' then
+      -- Members older than the window leave first; (now - win, now] is the exact window.
+      if win > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', now - win) end
+      if upd then
+        redis.call('ZADD', key, now, val)
+        redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
         redis.call('PEXPIRE', key, ttl)
       end
-      out[i] = tonumber(redis.call('GET', key) or '0')
+      out[i] = redis.call('ZCARD', key)
+    elseif kind == 'f' then
+      if upd then
+        redis.call('SET', key, string.format('%d', now), 'NX')
+        redis.call('PEXPIRE', key, ttl)
+      end
+      local first = redis.call('GET', key)
+      if first then out[i] = now - tonumber(first) else out[i] = -1 end
+    else
+      redis.call('DEL', key)
+      out[i] = 0
     end
-  elseif kind == 'd' then
-    -- Members older than the window leave first; (now - win, now] is the exact window.
-    if win > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', now - win) end
-    if upd then
-      redis.call('ZADD', key, now, val)
-      redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
-      redis.call('PEXPIRE', key, ttl)
-    end
-    out[i] = redis.call('ZCARD', key)
-  elseif kind == 'f' then
-    if upd then
-      redis.call('SET', key, string.format('%d', now), 'NX')
-      redis.call('PEXPIRE', key, ttl)
-    end
-    local first = redis.call('GET', key)
-    if first then out[i] = now - tonumber(first) else out[i] = -1 end
-  else
-    redis.call('DEL', key)
-    out[i] = 0
   end
 end
 return out

@@ -1,0 +1,136 @@
+"""Exactly one state round trip per request, counted on a real redis-server (MONITOR) behind
+a real txgate process: the signature's claims, every counter and the provisional ``on: allow``
+updates travel in one EVALSHA. Counting commands, never timing them.
+
+MONITOR rather than INFO commandstats: since Redis 7 commandstats also counts the commands a
+script runs, while MONITOR tells a client's commands (round trips) from the script's own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+import redis
+
+from tests.fixtures.signing import SignedClient
+
+RULES = """
+version: 1
+counters:
+  - {name: user_tx_1h,      key: [user_id], window: 1h,  aggregate: count}
+  - {name: user_amount_24h, key: [user_id], window: 24h, aggregate: sum, field: amount, on: allow}
+  - {name: user_tx_30d,     key: [user_id], window: 30d, aggregate: count, on: allow}
+  - {name: user_payees_24h, key: [user_id], window: 24h, aggregate: distinct, field: payee}
+  - {name: user_payee,      key: [user_id, payee], aggregate: first_seen}
+  - {name: payee_users_24h, key: [payee],   window: 24h, aggregate: distinct, field: user_id}
+  - {name: user_lowvalue,   key: [user_id], reset_on: strong_auth, aggregate: sum, field: amount, on: allow}
+rules:
+  - id: T-VEL
+    description: more than two payments an hour
+    when: user_tx_1h > 2
+    action: deny
+  - id: T-AMT
+    description: large amount
+    when: amount + user_amount_24h > 5000
+    score: 10
+"""
+TX = {"user_id": "json:$.user_id", "amount": "json:$.amount", "currency": "json:$.currency",
+      "payee": "json:$.payee"}
+MARK = "txgate-round-trip-test-end"
+# Connection set-up (this test's own marker connection, or a pool growing), not round trips.
+HANDSHAKE = {"hello", "client", "auth", "select"}
+
+
+def client_commands(redis_server, send) -> dict[str, int]:
+    """The commands clients sent (not those scripts ran) while ``send()`` ran."""
+    seen: Counter = Counter()
+    conn = redis.Redis.from_url(redis_server.url)
+    ready = threading.Event()
+
+    def watch():
+        with conn.monitor() as monitor:
+            ready.set()
+            for event in monitor.listen():
+                if event["command"] == f"ECHO {MARK}":
+                    return
+                name = event["command"].split()[0].lower()
+                if event.get("client_type") != "lua" and name not in HANDSHAKE:
+                    seen[name] += 1
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    ready.wait(5)
+    time.sleep(0.1)   # MONITOR is registered once the server answered it
+    send()
+    redis.Redis.from_url(redis_server.url).echo(MARK)
+    watcher.join(10)
+    conn.close()
+    return dict(seen)
+
+
+@pytest.fixture
+def gw(start_gateway, redis_server, upstream, tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "pack.yaml").write_text(RULES)
+    gateway = start_gateway({
+        "state": {"backend": "redis", "url": redis_server.url},
+        "rules": {"path": str(rules), "reload": "off"},
+        "routes": [
+            {"name": "payments", "match": {"path": "/pay", "methods": ["POST"]},
+             "upstream": upstream.url, "transaction": TX},
+            {"name": "accounts", "match": {"path_prefix": "/accounts/", "methods": ["GET"]},
+             "upstream": upstream.url},
+        ],
+    })
+    secret = gateway.admin_post("/admin/clients", {"id": "bench", "hmac": True}).json()["secret"]
+    gateway.client = SignedClient("bench", secret)
+    return gateway
+
+
+def pay(gw, user: str, amount: float = 12.5):
+    return gw.client.request("POST", f"{gw.url}/pay", json={
+        "user_id": user, "amount": amount, "currency": "EUR", "payee": f"DE02{user}"})
+
+
+def measured(redis_server, send) -> dict[str, int]:
+    """The commands ``send()`` caused; the client-key cache (5 s) is warm when it starts."""
+    return client_commands(redis_server, send)
+
+
+def test_an_allowed_payment_is_one_evalsha(gw, redis_server):
+    assert pay(gw, "warm").status_code == 200          # fills the client-key cache
+    statuses = []
+    seen = measured(redis_server, lambda: statuses.extend(
+        pay(gw, f"u{i}").status_code for i in range(10)))
+    assert statuses == [200] * 10
+    assert seen == {"evalsha": 10}
+
+
+def test_a_replay_is_refused_in_the_same_single_trip(gw, redis_server):
+    prepared = gw.client.prepare("POST", f"{gw.url}/pay", json={
+        "user_id": "r", "amount": 1, "currency": "EUR", "payee": "DE02r"})
+    assert gw.client.send(prepared).status_code == 200
+    replay = {}
+    seen = measured(redis_server, lambda: replay.setdefault("r", gw.client.send(prepared)))
+    assert replay["r"].status_code == 401 and replay["r"].json()["error"] == "invalid_signature"
+    assert seen == {"evalsha": 1}
+    # The refused replay counted nothing: the next payment of that user is its second.
+    assert pay(gw, "r").status_code == 200
+    assert pay(gw, "r").status_code == 403
+
+
+def test_pass_through_is_one_call_and_a_denial_withdraws_in_a_second(gw, redis_server):
+    assert pay(gw, "warm").status_code == 200
+    seen = measured(redis_server, lambda: gw.client.request("GET", f"{gw.url}/accounts/1"))
+    assert seen == {"evalsha": 1}
+    pay(gw, "d"), pay(gw, "d")
+    denied = {}
+    seen = measured(redis_server, lambda: denied.setdefault("d", pay(gw, "d")))
+    assert denied["d"].status_code == 403
+    # A request that is not forwarded takes back its provisional on-allow counts: one more
+    # call, on the refusal path only.
+    assert seen == {"evalsha": 2}
