@@ -5,7 +5,9 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test system-deps clean
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: demo test system-deps bench bench-deps bench-micro bench-smoke clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -38,6 +40,35 @@ system-deps:
 
 test: $(TEST_STAMP) system-deps
 	$(VENV)/bin/python -m pytest -q
+
+$(BENCH_STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[test,bench]'
+	touch $@ $(STAMP) $(TEST_STAMP)
+
+# The load-test tools, from Debian packages when missing (wrk2 is not packaged: the fixed-rate
+# test uses bench/loadgen.py).
+bench-deps: system-deps
+	@missing=""; \
+	command -v nginx >/dev/null || missing="$$missing nginx-light"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# Every config, 3 interleaved runs each, then the fixed-load test; writes docs/performance.md.
+# About 7 minutes on 2 cores; loopback only.
+bench: $(BENCH_STAMP) bench-deps
+	timeout 900 $(PY) -m bench.run
+
+# The stages one by one (pytest-benchmark): signature, state trip, rules 55/500, metrics, log.
+bench-micro: $(BENCH_STAMP) system-deps
+	$(PY) -m pytest bench/micro -q -p no:cacheprovider --benchmark-columns=min,median,mean,rounds
+
+# A short end-to-end run of the harness itself (floor, peer, pass-through, full; no doc update).
+bench-smoke: $(BENCH_STAMP) bench-deps
+	timeout 120 $(PY) -m bench.run --smoke --reps 1 --duration 2 --fixed-duration 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
