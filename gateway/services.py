@@ -18,7 +18,7 @@ from gateway.rulebook import RuleBook
 from gateway.state import create_backend
 from gateway.state.memory import MemoryBackend
 from gateway.velocity import Velocity
-from metrics.definitions import STEPUP
+from metrics.definitions import STEPUP, precreate
 
 
 _CHALLENGE_ID = re.compile(r"ch_[A-Za-z0-9_-]{16,64}")
@@ -53,6 +53,7 @@ class Services:
         self.forwarder = Forwarder(config.limits.upstream_timeout_s)
         self.decision_log = DecisionLog(self._sinks(), config.decision_log.queue_size)
         self.recorder = Recorder(self.decision_log, self.velocity_for)
+        precreate({route.name: route.on_state_error for route in config.routes})
 
     def _sinks(self) -> list:
         cfg = self.config.decision_log

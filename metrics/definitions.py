@@ -2,11 +2,19 @@
 dashboards and alerts depend on them. Label values are bounded: routes and rule ids come from
 configuration and loaded rules, never from request data."""
 
+from collections.abc import Mapping
+
 from prometheus_client import Counter, Gauge, Histogram
 
 DECISIONS = ("allow", "review", "step_up", "deny", "error")
 STEPUP_METHODS = ("otp", "device")
 STEPUP_OUTCOMES = ("issued", "passed", "failed", "expired", "locked")
+RELOAD_OUTCOMES = ("success", "failure")
+# gateway.forward's error codes without their "upstream_" prefix, plus "stream" (the answer broke
+# after its status line was sent).
+UPSTREAM_ERROR_KINDS = ("timeout", "unavailable", "stream")
+DECISION_LOG_SINKS = ("file", "redis_stream", "queue")
+UNMATCHED_ROUTE = "_unmatched"   # the one route label of requests that matched no route
 
 # Gateway overhead is sub-millisecond when healthy: resolve it finely.
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -29,9 +37,44 @@ STATE_ERRORS = Counter("txgate_state_errors", "State store failures by operation
 FAIL_OPEN = Counter("txgate_fail_open", "Requests decided without shared state (fail_open/local)",
                     ["route", "policy"])
 RULES_RELOADS = Counter("txgate_rules_reloads", "Rule reloads by outcome", ["outcome"])
+# With workers, "livemax" keeps the contract's labels: one series per (version, rules), 1 while
+# any live worker runs that set. "liveall" would add a pid label and a series per worker, so
+# the same rule set would show N times and sum() would read N. A retired set is zeroed by each
+# worker (its label set cannot be removed across processes) and a dead worker's files are
+# dropped by mark_process_dead.
 RULES_INFO = Gauge("txgate_rules_info", "The loaded rule set", ["version", "rules"],
-                   multiprocess_mode="liveall")
+                   multiprocess_mode="livemax")
 DECISION_LOG_ERRORS = Counter("txgate_decision_log_errors",
                               "Decision log records that a sink failed to write", ["sink"])
 BAD_REQUESTS = Counter("txgate_bad_requests", "Refused malformed requests by error code",
                        ["route", "error"])
+
+
+def precreate(routes: Mapping[str, str]) -> None:
+    """Create, at zero, every label set that dashboards and alerts divide by or take rates of.
+
+    ``routes`` maps each configured route name to its ``on_state_error`` policy. A series that
+    first appears at 1 hides that first event from rate() and increase(), and a quiet gateway
+    would show "No data" instead of 0. Label sets that depend on request data (rule ids come
+    with the loaded rules, state operations and auth-failure reasons with the code paths) are
+    created on first use.
+    """
+    for route in (*routes, UNMATCHED_ROUTE):
+        for decision in DECISIONS:
+            REQUESTS.labels(route, decision)
+        OVERHEAD.labels(route)
+    for route, policy in routes.items():
+        RISK_SCORE.labels(route)
+        UPSTREAM_DURATION.labels(route)
+        for kind in UPSTREAM_ERROR_KINDS:
+            UPSTREAM_ERRORS.labels(route, kind)
+        if policy != "fail_closed":   # only these routes can ever decide without shared state
+            FAIL_OPEN.labels(route, policy)
+    for method in STEPUP_METHODS:
+        for outcome in STEPUP_OUTCOMES:
+            STEPUP.labels(method, outcome)
+    for outcome in RELOAD_OUTCOMES:
+        RULES_RELOADS.labels(outcome)
+    # An unconfigured sink stays at zero, which is true: it never failed.
+    for sink in DECISION_LOG_SINKS:
+        DECISION_LOG_ERRORS.labels(sink)
