@@ -67,9 +67,11 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequen
 
 def load_yaml(text: str):
     """Parse one document; return (data, [(line, message)]) — syntax errors become problems too."""
-    loader = _Loader(text)
-    loader.problems = []
+    loader = None
     try:
+        # The reader refuses control characters while constructing, so that is inside the try.
+        loader = _Loader(text)
+        loader.problems = []
         data = loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
@@ -77,7 +79,8 @@ def load_yaml(text: str):
         problem = getattr(e, "problem", None) or str(e)
         return None, [(line, f"YAML syntax error: {problem}")]
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, loader.problems
 
 
