@@ -87,7 +87,10 @@ class GatewayServer:
         grace = self.config.limits.shutdown_grace_s
         # keepalive_timeout also closes a connection whose first request's headers are not
         # complete in time (aiohttp's default is an hour).
-        proxy = web.ServerRunner(web.Server(self._handle, access_log=None,
+        # auto_decompress off: the body is signed (Content-Digest, RFC 9530) and forwarded
+        # as the bytes on the wire; decoding it here checked the digest against other bytes,
+        # forwarded them under the client's Content-Encoding, and made bad encodings a 500.
+        proxy = web.ServerRunner(web.Server(self._handle, access_log=None, auto_decompress=False,
                                             keepalive_timeout=self.config.limits.client_timeout_s),
                                  shutdown_timeout=grace,
                                  handle_signals=False)
