@@ -42,15 +42,20 @@ class RedisStreamSink:
 
     name = "redis_stream"
 
-    def __init__(self, client, stream: str, maxlen: int):
+    def __init__(self, client, stream: str, maxlen: int, timeout_s: float = 2.0):
         self._client, self._stream, self._maxlen = client, stream, maxlen
+        self._timeout_s = timeout_s
 
     async def write(self, lines: list[bytes]) -> None:
         pipe = self._client.pipeline(transaction=False)
         for line in lines:
             pipe.xadd(self._stream, {"record": line.rstrip(b"\n")}, maxlen=self._maxlen,
                       approximate=True)
-        await pipe.execute()
+        # A hung Redis (a partition, a long fork, DEBUG SLEEP) would otherwise hold the one
+        # writer task for minutes: the file sink would wait behind it and the queue would fill.
+        # Past the timeout the batch is a failed write, counted like any other.
+        async with asyncio.timeout(self._timeout_s):
+            await pipe.execute()
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -111,4 +116,11 @@ class DecisionLog:
             await self._queue.put(_STOP)   # waits for room: nothing queued is lost
             await self._task
         for sink in self._sinks:
-            await sink.close()
+            # A sink that failed may fail again while closing (a full disk refuses the file's
+            # last flush): report it and still close the others, so shutdown completes.
+            try:
+                await sink.close()
+            except Exception as exc:  # whatever the sink raised, the others must close
+                self.failing[sink.name] = type(exc).__name__
+                log.warning("decision log sink %s failed to close: %s", sink.name,
+                            type(exc).__name__)
