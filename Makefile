@@ -70,5 +70,16 @@ bench-micro: $(BENCH_STAMP) system-deps
 bench-smoke: $(BENCH_STAMP) bench-deps
 	timeout 120 $(PY) -m bench.run --smoke --reps 1 --duration 2 --fixed-duration 2
 
+# The fuzz targets of tests/hardening with a much larger budget (examples per target).
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(TEST_STAMP) system-deps
+	TXGATE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest -q -s -p no:timeout \
+	  tests/hardening/test_fuzz_units.py tests/hardening/test_fuzz_http.py tests/hardening/test_fuzz_admin.py
+
+# Mixed traffic against a real gateway; fails on 5xx, transport errors, memory or fd growth.
+SOAK_SECONDS ?= 600
+soak: $(TEST_STAMP) system-deps
+	$(PY) -m bench.soak --duration $(SOAK_SECONDS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
