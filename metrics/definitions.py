@@ -37,13 +37,12 @@ STATE_ERRORS = Counter("txgate_state_errors", "State store failures by operation
 FAIL_OPEN = Counter("txgate_fail_open", "Requests decided without shared state (fail_open/local)",
                     ["route", "policy"])
 RULES_RELOADS = Counter("txgate_rules_reloads", "Rule reloads by outcome", ["outcome"])
-# With workers, "livemax" keeps the contract's labels: one series per (version, rules), 1 while
-# any live worker runs that set. "liveall" would add a pid label and a series per worker, so
-# the same rule set would show N times and sum() would read N. A retired set is zeroed by each
-# worker (its label set cannot be removed across processes) and a dead worker's files are
-# dropped by mark_process_dead.
+# With workers, "liveall" gives one series per live worker (an extra pid label), so a reload
+# rolling through the workers is visible and a dead worker's series disappear with
+# mark_process_dead. Aggregate with max by (version, rules), never sum: sum would read N.
+# A retired set is zeroed by each worker, since label sets cannot be removed across processes.
 RULES_INFO = Gauge("txgate_rules_info", "The loaded rule set", ["version", "rules"],
-                   multiprocess_mode="livemax")
+                   multiprocess_mode="liveall")
 DECISION_LOG_ERRORS = Counter("txgate_decision_log_errors",
                               "Decision log records that a sink failed to write", ["sink"])
 BAD_REQUESTS = Counter("txgate_bad_requests", "Refused malformed requests by error code",

@@ -1,5 +1,5 @@
 """`txgate run --workers 2` on a real Redis: /metrics on either worker sums both processes
-(prometheus-client multiprocess mode), the rule-set gauge stays one series per version, and the
+(prometheus-client multiprocess mode), the rule-set gauge has one series per live worker, and the
 multiprocess directory is gone once the gateway exits."""
 
 from __future__ import annotations
@@ -87,8 +87,11 @@ def test_metrics_sum_over_both_workers_and_the_directory_is_removed(workers_gate
             ({"route": "payments", "decision": "allow"}, float(N))]
         # Pre-created label sets are there at zero in the sum too.
         assert _sample(text, "txgate_requests_total", route="payments", decision="deny")[0][1] == 0
+        # One series per live worker (pid label), both on the one loaded rule set.
         info = _sample(text, "txgate_rules_info")
-        assert [(set(labels), value) for labels, value in info] == [({"version", "rules"}, 1.0)]
+        assert sorted(labels["pid"] for labels, _ in info) == sorted(per_worker)
+        assert len({(labels["version"], labels["rules"], value) for labels, value in info}) == 1
+        assert info[0][1] == 1.0
 
     assert gw.stop() == 0
     assert not gw.metrics_dir.exists()
@@ -97,13 +100,16 @@ def test_metrics_sum_over_both_workers_and_the_directory_is_removed(workers_gate
 def test_rules_info_follows_a_reload_on_every_worker(workers_gateway):
     gw = workers_gateway
     before = _sample(_fresh_scrape(gw), "txgate_rules_info")
-    assert len(before) == 1 and before[0][1] == 1.0
+    assert len(before) == 2 and {value for _, value in before} == {1.0}
     old_version = before[0][0]["version"]
     (gw.rules_dir / "w.yaml").write_text(RULES.replace("amount >= 100", "amount >= 200"))
     assert gw.admin_post("/admin/rules/reload").status_code == 200
 
     def reloaded_everywhere() -> bool:
-        # Gauges are per-worker files: the old set reads 0 only once no live worker runs it.
-        info = {labels["version"]: value for labels, value in _sample(_fresh_scrape(gw), "txgate_rules_info")}
-        return info.get(old_version) == 0.0 and sorted(info.values()) == [0.0, 1.0]
+        # Each worker zeroes the set it retired and sets the new one: 2 workers x 2 versions.
+        info = {(labels["pid"], labels["version"]): value
+                for labels, value in _sample(_fresh_scrape(gw), "txgate_rules_info")}
+        old = [v for (_, version), v in info.items() if version == old_version]
+        new = [v for (_, version), v in info.items() if version != old_version]
+        return old == [0.0, 0.0] and new == [1.0, 1.0]
     wait_until(reloaded_everywhere, timeout=10, what="both workers to run the new rule set")
