@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Sequence
 
@@ -20,6 +21,13 @@ class MemoryBackend(StateBackend):
         self._clock = clock
         self._values: dict[str, object] = {}
         self._expiry: dict[str, float] = {}
+        # Deadlines in time order, so that keys nobody reads again (nonces, used signatures)
+        # still go: lazy expiry alone would keep every one of them for the process's life.
+        self._deadlines: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        """Keys held, including expired ones not yet swept."""
+        return len(self._values)
 
     def _live(self, key: str):
         deadline = self._expiry.get(key)
@@ -32,8 +40,31 @@ class MemoryBackend(StateBackend):
         self._values[key] = value
         if ttl_s is None:
             self._expiry.pop(key, None)
-        else:
-            self._expiry[key] = self._clock() + ttl_s
+            return
+        now = self._clock()
+        deadline = now + ttl_s
+        previous = self._expiry.get(key)
+        self._expiry[key] = deadline
+        # A key already queued keeps its (earlier) entry; the sweep re-queues it when due.
+        if previous is None or deadline < previous:
+            heapq.heappush(self._deadlines, (deadline, key))
+        self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        # A few entries per write: each write queues at most one, so the sweep keeps up.
+        heap = self._deadlines
+        for _ in range(8):
+            if not heap or heap[0][0] > now:
+                return
+            _, key = heapq.heappop(heap)
+            current = self._expiry.get(key)
+            if current is None:
+                continue                  # deleted, or stored without a TTL since
+            if current <= now:
+                del self._expiry[key]
+                self._values.pop(key, None)
+            else:
+                heapq.heappush(heap, (current, key))
 
     async def ping(self) -> None:
         return None
