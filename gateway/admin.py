@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import signal
 
 import orjson
@@ -13,6 +14,9 @@ from prometheus_client import multiprocess
 from auth.admin import setup_admin
 from gateway.state.base import StateError
 from rules import RuleLoadError
+
+
+_OPENAPI = Path(__file__).with_name("admin-openapi.yaml")   # the admin API, described
 
 
 def _json(data: dict, status: int = 200) -> web.Response:
@@ -61,6 +65,10 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
             os.kill(int(supervisor), signal.SIGUSR1)
         return _json({"version": rules.version, "rules": len(rules.rules)})
 
+    async def openapi(_):
+        return web.Response(body=_OPENAPI.read_bytes(), content_type="application/yaml")
+
+    app.router.add_get("/admin/openapi.yaml", openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -32,6 +32,10 @@ def serve(config, master_key, admin_token: str | None, reuse_port: bool) -> int:
     from gateway.server import GatewayServer
     from rules import RuleLoadError
 
+    # A reload signal that arrives while the server is still starting must not kill it (the
+    # default action of both); the server installs its real handlers once it serves.
+    for signum in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
     _install_uvloop()
 
     async def main() -> int:

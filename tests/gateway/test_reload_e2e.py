@@ -153,14 +153,19 @@ def test_no_request_sees_half_a_rule_set(start_gateway, tmp_path, upstream):
 def test_every_worker_reloads(start_gateway, tmp_path, upstream, redis_server):
     gw = _start(start_gateway, tmp_path, upstream, workers=2,
                 state={"backend": "redis", "url": redis_server.url})
+
+    def live_rules_info() -> list[str]:
+        return [l for l in gw.metrics().splitlines()
+                if l.startswith("txgate_rules_info{") and l.endswith(" 1.0")]
+    wait_until(lambda: len(live_rules_info()) == 2, timeout=20, what="both workers serving")
     (gw.rules_dir / "main.yaml").write_text(V2)
     new = gw.admin_post("/admin/rules/reload").json()["version"]
 
     def both_workers_on_new():
-        live = [l for l in gw.metrics().splitlines()
-                if l.startswith("txgate_rules_info{") and l.endswith(" 1.0")]
+        live = live_rules_info()
         return len(live) == 2 and all(f'version="{new}"' in l for l in live)
-    wait_until(both_workers_on_new, timeout=10, what="both workers on the new rules")
+    wait_until(both_workers_on_new, timeout=20, what="both workers on the new rules")
+    assert gw.proc.poll() is None
     # Fresh connections spread over both workers: every one decides with v2.
     statuses = {requests.Session().send(gw.client.prepare("POST", f"{gw.url}/pay",
                                                           json={"user_id": "u", "amount": 80}),

@@ -1,4 +1,4 @@
-"""The admin API against its OpenAPI document (docs/admin-openapi.yaml), with schemathesis.
+"""The admin API against its OpenAPI document (gateway/admin-openapi.yaml), with schemathesis.
 
 Every generated call (valid and invalid bodies, path parameters, missing and wrong bearer
 tokens) must get a documented status with a body matching the document, and never a 5xx.
@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from tests.fixtures.processes import ADMIN_TOKEN, Gateway
 from tests.hardening.conftest import FUZZ_EXAMPLES, RULES, pay_route
 
-DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "admin-openapi.yaml"
+DOCUMENT = Path(__file__).resolve().parents[2] / "gateway" / "admin-openapi.yaml"
 schema = schemathesis.openapi.from_path(DOCUMENT)
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 TRIED: dict[str, int] = {}
