@@ -303,7 +303,9 @@ def _mutate(document, data):
         if isinstance(doc.get("thresholds"), dict):
             parts["thresholds"] = doc["thresholds"]
         target = parts[data.draw(st.sampled_from(sorted(parts)))]
-        key = data.draw(st.one_of(st.sampled_from(sorted(target)), st.text(max_size=6)))
+        names = sorted(map(str, target))
+        key = data.draw(st.one_of(st.sampled_from(names), st.text(max_size=6)) if names
+                        else st.text(max_size=6))
         if data.draw(st.booleans()) and key in target:
             del target[key]
         else:
