@@ -99,8 +99,11 @@ def test_metrics_sum_over_both_workers_and_the_directory_is_removed(workers_gate
 
 def test_rules_info_follows_a_reload_on_every_worker(workers_gateway):
     gw = workers_gateway
+    # /readyz answered from one worker; the other may still be loading its rules.
+    wait_until(lambda: len(_sample(_fresh_scrape(gw), "txgate_rules_info")) == 2,
+               what="both workers to load the rules")
     before = _sample(_fresh_scrape(gw), "txgate_rules_info")
-    assert len(before) == 2 and {value for _, value in before} == {1.0}
+    assert {value for _, value in before} == {1.0}
     old_version = before[0][0]["version"]
     (gw.rules_dir / "w.yaml").write_text(RULES.replace("amount >= 100", "amount >= 200"))
     assert gw.admin_post("/admin/rules/reload").status_code == 200
