@@ -65,6 +65,10 @@ def workers_gateway(start_gateway, upstream, redis_server, tmp_path):
     assert len(dirs) == 1, "the supervisor creates one multiprocess directory"
     gw.metrics_dir = dirs[0]
     gw.rules_dir = tmp_path / "rules"
+    # /readyz answered from one worker; the other may still be loading its rules (it listens
+    # right after), and until then every connection would go to the first.
+    wait_until(lambda: len(_sample(_fresh_scrape(gw), "txgate_rules_info")) == 2,
+               what="both workers to load the rules")
     return gw
 
 
@@ -99,9 +103,6 @@ def test_metrics_sum_over_both_workers_and_the_directory_is_removed(workers_gate
 
 def test_rules_info_follows_a_reload_on_every_worker(workers_gateway):
     gw = workers_gateway
-    # /readyz answered from one worker; the other may still be loading its rules.
-    wait_until(lambda: len(_sample(_fresh_scrape(gw), "txgate_rules_info")) == 2,
-               what="both workers to load the rules")
     before = _sample(_fresh_scrape(gw), "txgate_rules_info")
     assert {value for _, value in before} == {1.0}
     old_version = before[0][0]["version"]
