@@ -61,9 +61,11 @@ class Services:
         if cfg.path:
             sinks.append(FileSink(cfg.path))
         if cfg.redis_stream:
-            import redis.asyncio as aioredis
+            from redis.asyncio import Redis, RedisCluster
             url = self.config.state.url or "redis://127.0.0.1:6379"
-            sinks.append(RedisStreamSink(aioredis.Redis.from_url(url), cfg.redis_stream, cfg.redis_maxlen))
+            # A stream is one key: on a cluster the client must route it to its slot's node.
+            client = (RedisCluster if self.config.state.cluster else Redis).from_url(url)
+            sinks.append(RedisStreamSink(client, cfg.redis_stream, cfg.redis_maxlen))
         return sinks
 
     def _rebuild_velocity(self, rules) -> None:

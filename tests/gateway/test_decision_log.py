@@ -214,3 +214,25 @@ async def _until(check, timeout: float = 5.0) -> None:
     while not check():
         assert loop.time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)
+
+
+def test_gateway_on_a_cluster_writes_the_stream_to_its_slot(start_gateway, upstream, redis_cluster,
+                                                           tmp_path):
+    cluster = redis.RedisCluster(host="127.0.0.1", port=redis_cluster.nodes[0].port)
+    # A stream whose slot lives on another node than the one the gateway's url names.
+    stream = next(name for name in (f"txgate:decisions:{i}" for i in range(100))
+                  if cluster.get_node_from_key(name).port != redis_cluster.nodes[0].port)
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.yaml").write_text("version: 1\nrules: []\n")
+    gw = start_gateway({
+        "state": {"backend": "redis", "url": redis_cluster.url, "cluster": True},
+        "rules": {"path": str(tmp_path / "rules"), "reload": "off"},
+        "decision_log": {"path": None, "redis_stream": stream},
+        "routes": [{"name": "payments", "match": {"path": "/pay"}, "upstream": upstream.url,
+                    "transaction": {"user_id": "json:$.user_id"}}]})
+    client = SignedClient("app", gw.admin_post("/admin/clients", {"id": "app", "hmac": True}).json()["secret"])
+    for i in range(5):
+        assert client.request("POST", f"{gw.url}/pay", json={"user_id": f"u{i}"}).status_code == 200
+    wait_until(lambda: cluster.xlen(stream) == 5, what="five records in the cluster")
+    assert "txgate_decision_log_errors_total{sink=\"redis_stream\"} 0.0" in gw.metrics()
+    cluster.close()
