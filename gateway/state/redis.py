@@ -13,6 +13,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from gateway.state.base import StateBackend, StateError
+from gateway.state.redis_direct import DirectLane
 from gateway.velocity import redis as velocity_script
 from gateway.velocity.ops import Batch, Trip
 
@@ -69,6 +70,27 @@ class RedisBackend(StateBackend):
         # redis-py raises MaxConnectionsError when its pool is exhausted; a burst should queue
         # for a connection instead (for at most timeout_ms), so calls take a slot first.
         self._slots = asyncio.Semaphore(max_connections)
+        # The request path's script call skips redis-py's generic command path (single server).
+        self._lane = None if cluster else DirectLane(self._client)
+
+    async def _direct(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``_call`` for the direct lane: ONE timeout bounds the wait for a slot, the send and
+        the read together (the lane's connections have no per-socket-operation timeout)."""
+        acquired = False
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+                acquired = True
+                try:
+                    return await call()
+                finally:
+                    self._slots.release()
+        except TimeoutError:
+            raise StateError(operation, "TimeoutError" if acquired
+                             else "no free connection within timeout") from None
+        except (RedisError, OSError) as exc:
+            # The message names the failure's kind only: keys and values may be secrets.
+            raise StateError(operation, type(exc).__name__) from None
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -89,6 +111,8 @@ class RedisBackend(StateBackend):
 
     async def close(self) -> None:
         try:
+            if self._lane is not None:
+                await self._lane.close()
             await self._client.aclose()
         except (RedisError, OSError):
             pass
@@ -137,8 +161,8 @@ class RedisBackend(StateBackend):
         if not claims and not batches:
             return Trip(True, 0, (), ())
         if not self.cluster:
-            return await self._call("velocity", lambda: velocity_script.run_merged(
-                self._client, claims, batches))
+            return await self._direct("velocity", lambda: velocity_script.run_merged(
+                self._lane, claims, batches))
         # Cluster: claims live in the client's slot, counters in each entity's. Claims go first
         # so that a replay is refused before anything is counted; then one script per entity
         # slot, all in flight at once (the request waits for the slowest, not for the sum).
