@@ -51,6 +51,9 @@ class Velocity:
         self._late = [p for p in self._plans
                       if p.spec.on == "allow" and id(p) not in self._provisional]
         self._resets = [plan for plan in self._plans if plan.spec.reset_on == "strong_auth"]
+        # Per plan, decided once: (plan, applied provisionally, updated on attempt).
+        self._observing = [(p, id(p) in self._provisional, p.spec.on == "attempt")
+                           for p in self._plans]
         # The event marker must outlive a step-up round trip (challenge_ttl_s, 300 s by default).
         self._event_ttl_ms = event_ttl_s * 1000
 
@@ -76,18 +79,18 @@ class Velocity:
         """
         event, allowed = f"e:{encode(event_id)}", f"a:{encode(event_id)}"
         tags: dict[str, tuple[list, list]] = {}
-        for plan in self._plans:
+        for plan, is_provisional, on_attempt in self._observing:
             located = plan.tag_and_key(attrs)
             if located is None:
                 continue
             tag, key = located
-            now_ops, allow_ops = tags.setdefault(tag, ([], []))
-            if provisional and id(plan) in self._provisional:
-                op = plan.op(key, attrs, update=True)
-                allow_ops.append((plan, Op(key, PROVISIONAL, op.update, op.value, op.window_ms,
-                                           op.bucket_ms, op.ttl_ms)))
+            lists = tags.get(tag)
+            if lists is None:
+                lists = tags[tag] = ([], [])
+            if provisional and is_provisional:
+                lists[1].append((plan, plan.op(key, attrs, True, PROVISIONAL)))
             else:
-                now_ops.append((plan, plan.op(key, attrs, update=plan.spec.on == "attempt")))
+                lists[0].append((plan, plan.op(key, attrs, on_attempt)))
         members, batches, pending_index = [], [], []
         for tag, (now_ops, allow_ops) in tags.items():
             for marker, ops in ((event, now_ops), (allowed, allow_ops)):
