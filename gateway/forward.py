@@ -22,6 +22,9 @@ HOP_BY_HOP = frozenset({
     "upgrade", "proxy-authenticate", "proxy-authorization",
 })
 _CHUNK = 64 * 1024
+# An answer of known length up to this size is read whole and sent as one Response: one
+# write instead of prepare + write + write_eof, and no chunk iterator (most API answers).
+SMALL_BODY = 64 * 1024
 
 
 def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
@@ -100,7 +103,20 @@ class Forwarder:
 
 async def stream_back(request: web.Request, upstream: aiohttp.ClientResponse,
                       extra: Mapping[str, str]) -> web.StreamResponse:
-    """Relay status, headers and body chunk by chunk, so memory stays bounded for any size."""
+    """Relay status, headers and body; chunk by chunk unless small and of known length, so
+    memory stays bounded for any size."""
+    length = upstream.headers.get("Content-Length")
+    if length is not None and length.isdigit() and int(length) <= SMALL_BODY \
+            and request.method != "HEAD" and upstream.status not in (204, 304):
+        try:
+            body = await upstream.read()
+        finally:
+            upstream.release()
+        headers = downstream_headers(upstream.headers)
+        del headers["Content-Length"]   # set again from the body actually read
+        headers.update(extra)
+        return web.Response(status=upstream.status, reason=upstream.reason, body=body,
+                            headers=headers)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                   headers=downstream_headers(upstream.headers))
     response.headers.update(extra)
