@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 import http_sfv
 
+from auth import sfv
 from auth.credentials import ClientKey, CredentialStore
 from auth.errors import AuthError, invalid_signature
 from gateway.state.base import StateBackend
@@ -87,7 +88,11 @@ def _component_id(item) -> str:
     return str(item)
 
 
-def _parse_dictionary(text: str) -> http_sfv.Dictionary:
+def _parse_dictionary(text: str) -> http_sfv.Dictionary | sfv.Dictionary:
+    fast = sfv.parse_dictionary(text)
+    if fast is not None:
+        return fast
+    # Not in the canonical subset: the general parser accepts or refuses it.
     parsed = http_sfv.Dictionary()
     try:
         parsed.parse(text.encode("ascii"))
@@ -231,7 +236,7 @@ class SignatureVerifier:
 
     def _policy(self, member, request: _Request, body: bytes):
         """The label's parameters and covered components against the policy (no crypto)."""
-        if not isinstance(member, http_sfv.InnerList):
+        if not isinstance(member, (http_sfv.InnerList, sfv.InnerList)):
             raise invalid_signature("malformed")
         params = member.params
         keyid, created = params.get("keyid"), params.get("created")
