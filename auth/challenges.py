@@ -39,6 +39,7 @@ class Challenge:
     method: str            # "otp" | "device": what was asked for
     request_hash: bytes
     expires_at: float
+    event_id: str | None = None   # the transaction this challenge was issued for
 
     def matches(self, user: str, req_hash: bytes) -> bool:
         return self.user == user and hmac.compare_digest(self.request_hash, req_hash)
@@ -55,24 +56,34 @@ class ChallengeStore:
         return f"{{u:{user}}}:challenge:{challenge_id}"
 
     async def issue(self, user: str, method: str, req_hash: bytes,
-                    token: str | None = None) -> Challenge:
-        """A new challenge; ``token`` (random, URL-safe) becomes its id when the caller needs
-        to recognise the repeat (the gateway passes the request's event id)."""
-        if token is None or not _ID.fullmatch("ch_" + token):
-            token = secrets.token_urlsafe(18)
-        challenge = Challenge("ch_" + token, user, method, req_hash, self._clock() + self.ttl_s)
+                    event_id: str | None = None) -> Challenge:
+        """A new challenge with a fresh random id. ``event_id`` is stored with it, so that the
+        repeat that answers it is counted as the same transaction (see ``event_of``)."""
+        challenge = Challenge("ch_" + secrets.token_urlsafe(18), user, method, req_hash,
+                              self._clock() + self.ttl_s, event_id)
         record = {"user": user, "method": method, "hash": req_hash.hex(),
-                  "expires_at": challenge.expires_at}
+                  "expires_at": challenge.expires_at, "event": event_id}
         await self._state.put(self._key(user, challenge.id), json.dumps(record).encode(),
                               self.ttl_s)
         return challenge
 
+    async def event_of(self, user: str, challenge_id: str, req_hash: bytes) -> str | None:
+        """The event id a live challenge of this user was issued with, when it was issued for
+        this very request; None otherwise. It reads without taking: the answer does that."""
+        challenge = await self._read(user, challenge_id, self._state.get)
+        if challenge is None or not challenge.matches(user, req_hash):
+            return None
+        return challenge.event_id
+
     async def take(self, user: str, challenge_id: str) -> Challenge | None:
         """The challenge, removed from the store; None when unknown, used, expired or not this
         user's."""
+        return await self._read(user, challenge_id, self._state.take)
+
+    async def _read(self, user: str, challenge_id: str, fetch) -> Challenge | None:
         if not _ID.fullmatch(challenge_id):
             return None
-        raw = await self._state.take(self._key(user, challenge_id))
+        raw = await fetch(self._key(user, challenge_id))
         if raw is None:
             return None
         record = json.loads(raw)
@@ -80,4 +91,4 @@ class ChallengeStore:
         if record["user"] != user or record["expires_at"] <= self._clock():
             return None
         return Challenge(challenge_id, record["user"], record["method"],
-                         bytes.fromhex(record["hash"]), record["expires_at"])
+                         bytes.fromhex(record["hash"]), record["expires_at"], record.get("event"))

@@ -83,10 +83,10 @@ class StepUp:
 
     async def check(self, required_tier: str, proven_tier: str, user_id: str | None,
                     request_hash: bytes, transaction: Mapping, headers: Mapping[str, str],
-                    token: str | None = None) -> str:
+                    event_id: str | None = None) -> str:
         """The tier achieved (``proven_tier`` when it suffices, else "otp" or "device");
         raises AuthError 401 (challenge), 403 (nothing enrolled) or 423 (locked).
-        ``token`` becomes the id of a challenge issued here (see ChallengeStore.issue)."""
+        A challenge issued here remembers ``event_id`` (ChallengeStore.event_of)."""
         if tier_rank(proven_tier) >= tier_rank(required_tier):
             return proven_tier
         if not user_id:
@@ -110,22 +110,36 @@ class StepUp:
             if challenge is None:
                 self._on_outcome(method, "expired")
                 reason = "challenge_expired"
-            elif await self._verify(challenge, method, required_tier, user_id, request_hash,
-                                    transaction, code, signature, device_id):
-                await self._state.delete(failures_key)
-                self._on_outcome(method, "passed")
-                return method
             else:
-                failures = await self._state.incr(failures_key, self._failure_window_s)
-                if failures >= self._max_failures:
+                # The attempt is counted before it is checked: concurrent answers each draw a
+                # number atomically, so no more than max_failures are ever verified.
+                attempt = await self._state.incr(failures_key, self._failure_window_s)
+                if attempt <= self._max_failures and await self._verify(
+                        challenge, method, required_tier, user_id, request_hash, transaction,
+                        code, signature, device_id):
+                    await self._state.delete(failures_key)
+                    self._on_outcome(method, "passed")
+                    return method
+                if attempt >= self._max_failures:
                     until = self._clock() + self._lockout_s
                     await self._state.put(locked_key, repr(until).encode(), self._lockout_s)
-                    await self._state.delete(failures_key)
+                    # The count ends with the lock (not before: answers still in flight must
+                    # keep drawing numbers above the limit), and the user then starts afresh.
+                    await self._state.put(failures_key, str(attempt).encode(), self._lockout_s)
                     self._on_outcome(method, "locked")
                     raise self._locked(until)
                 self._on_outcome(method, "failed")
                 reason = "step_up_failed"
-        raise await self._issue(required_tier, user_id, request_hash, transaction, reason, token)
+        raise await self._issue(required_tier, user_id, request_hash, transaction, reason,
+                                event_id)
+
+    async def event_of(self, user_id: str | None, headers: Mapping[str, str],
+                       request_hash: bytes) -> str | None:
+        """The event id of the transaction whose challenge this request answers, if any."""
+        challenge_id = _get(headers, H_CHALLENGE)
+        if not user_id or not challenge_id:
+            return None
+        return await self.challenges.event_of(user_id, challenge_id, request_hash)
 
     async def _verify(self, challenge: Challenge, method: str, required_tier: str, user: str,
                       req_hash: bytes, transaction: Mapping, code, signature, device_id) -> bool:
@@ -163,9 +177,9 @@ class StepUp:
         raise AuthError(403, "enrollment_required", "not_enrolled")
 
     async def _issue(self, required_tier: str, user: str, req_hash: bytes, transaction: Mapping,
-                     reason: str, token: str | None) -> AuthError:
+                     reason: str, event_id: str | None) -> AuthError:
         acr = await self._acr(required_tier, user)
-        challenge = await self.challenges.issue(user, acr, req_hash, token)
+        challenge = await self.challenges.issue(user, acr, req_hash, event_id)
         self._on_outcome(acr, "issued")
         body = {"acr_values": acr, "challenge": challenge.id,
                 "expires_in": self.challenges.ttl_s}

@@ -22,6 +22,7 @@ class Exchange:
     attrs: dict = field(default_factory=dict)      # everything the rules see
     features: dict = field(default_factory=dict)   # counter values
     event_id: str | None = None
+    request_hash: bytes | None = None    # binds challenges to method, target and body
     claims: tuple = ()                   # (state key, ttl ms) the signature must claim once
     observation: Any = None              # gateway.velocity.Observation of the one state trip
     velocity: Any = None                 # the Velocity that observation came from

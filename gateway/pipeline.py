@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import uuid
 
@@ -60,9 +61,7 @@ class Pipeline:
                 self.extract(ex)
                 await self.observe(ex)
                 self.decide(ex)
-                await self.step_up(ex)
-                if ex.decision.action == "deny":
-                    raise GatewayError(403, "transaction_denied", "the transaction was refused")
+                await self.step_up(ex)   # refuses a denied transaction before any challenge
                 return await self.forward(ex)
         except (GatewayError, AuthError) as exc:
             ex.error = exc
@@ -124,7 +123,7 @@ class Pipeline:
     async def observe(self, ex: Exchange) -> None:
         """ONE state call: the signature's claims, every counter, the provisional on-allow."""
         velocity = self.s.velocity_for(ex.rules)
-        ex.event_id = self.s.event_id(ex)
+        ex.event_id = await self._event_id(ex)
         observation = None
         if ex.degraded is None:
             try:
@@ -148,6 +147,21 @@ class Pipeline:
             ex.features = observation.features
         ex.attrs.update(ex.features)
 
+    async def _event_id(self, ex: Exchange) -> str:
+        """Identifies a transaction across its step-up repeat, so that it is counted once: a
+        repeat takes the event id stored with the challenge it answers (server-side, never
+        chosen by the client, and only for the exact request it was issued for)."""
+        if "Txgate-Challenge" in ex.request.headers:
+            try:
+                known = await self.s.stepup.event_of(ex.transaction.get("user_id"),
+                                                     ex.request.headers, _request_hash(ex))
+            except StateError as exc:
+                STATE_ERRORS.labels(exc.operation).inc()
+                raise StateUnavailable() from None   # step-up never degrades
+            if known:
+                return known
+        return secrets.token_urlsafe(18)
+
     def _state_failed(self, ex: Exchange, exc: StateError) -> None:
         """Apply the route's on_state_error policy: the one place it is decided."""
         STATE_ERRORS.labels(exc.operation).inc()
@@ -162,13 +176,15 @@ class Pipeline:
         ex.decision = ex.rules.decide(ex.attrs, ex.route.name)
 
     async def step_up(self, ex: Exchange) -> None:
+        _refuse_denied(ex)
         required = ex.route.config.min_tier
         wanted = ex.decision.required_tier
         if wanted and _TIER_RANK[wanted] > _TIER_RANK[required]:
             required = wanted
         if "Txgate-Challenge" in ex.request.headers:
-            # An answer is always verified, even when the rules no longer ask for one: its
-            # challenge id is this request's event id, which must not be free to choose.
+            # An answer is always verified, and its challenge used up, even when the rules no
+            # longer ask for one: the challenge made this request count as its transaction's
+            # repeat, so it must not be reusable.
             required = max(required, "otp", key=_TIER_RANK.__getitem__)
         elif _TIER_RANK[required] <= _TIER_RANK[ex.tier]:
             return
@@ -178,6 +194,7 @@ class Pipeline:
             ex.tier = ex.attrs["tier"] = tier
             ex.stepped_up = True
             self.decide(ex)
+            _refuse_denied(ex)
             wanted = ex.decision.required_tier
             if wanted and _TIER_RANK[wanted] > _TIER_RANK[tier]:
                 await self._check(ex, wanted, {})
@@ -185,9 +202,8 @@ class Pipeline:
     async def _check(self, ex: Exchange, required: str, headers) -> str:
         try:
             return await self.s.stepup.check(
-                required, ex.tier, ex.transaction.get("user_id"),
-                request_hash(ex.request.method, ex.request.raw_path, ex.body),
-                ex.transaction, headers, token=ex.event_id)
+                required, ex.tier, ex.transaction.get("user_id"), _request_hash(ex),
+                ex.transaction, headers, event_id=ex.event_id)
         except StateError as exc:
             STATE_ERRORS.labels(exc.operation).inc()
             raise StateUnavailable() from None   # step-up never degrades: it guards money
@@ -226,6 +242,17 @@ class Pipeline:
         finally:
             if after is not None:
                 await after
+
+
+def _refuse_denied(ex: Exchange) -> None:
+    if ex.decision.action == "deny":
+        raise GatewayError(403, "transaction_denied", "the transaction was refused")
+
+
+def _request_hash(ex: Exchange) -> bytes:
+    if ex.request_hash is None:
+        ex.request_hash = request_hash(ex.request.method, ex.request.raw_path, ex.body)
+    return ex.request_hash
 
 
 def _score(score: float) -> str:

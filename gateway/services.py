@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import secrets
 from dataclasses import dataclass
 
 from auth.credentials import CredentialStore
@@ -19,9 +17,6 @@ from gateway.state import create_backend
 from gateway.state.memory import MemoryBackend
 from gateway.velocity import Velocity
 from metrics.definitions import STEPUP, precreate
-
-
-_CHALLENGE_ID = re.compile(r"ch_[A-Za-z0-9_-]{16,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,19 +74,6 @@ class Services:
             pair = VelocityPair(Velocity(rules.counters, self.state),
                                 Velocity(rules.counters, self.local_state))
         return pair
-
-    @staticmethod
-    def event_id(ex) -> str:
-        """Identifies a transaction across its step-up repeat, so it is counted once.
-
-        A challenge issued for a request carries that request's event id (``ch_<event id>``),
-        so its repeat maps back to it. A request that names a challenge always has its answer
-        verified (Pipeline.step_up): a made-up challenge id buys nothing but a refusal.
-        """
-        challenge = ex.request.headers.get("Txgate-Challenge", "")
-        if _CHALLENGE_ID.fullmatch(challenge):
-            return challenge[3:]
-        return secrets.token_urlsafe(18)
 
     async def start(self) -> None:
         await self.state.start()

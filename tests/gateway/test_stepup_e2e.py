@@ -158,3 +158,26 @@ def test_a_made_up_challenge_is_verified_and_refused(gw, upstream):
     upstream.clear()
     r = pay(gw, 5, {"Txgate-Challenge": "ch_" + "A" * 24, "Txgate-OTP": "123456"})
     assert r.status_code == 401 and upstream.seen() == []
+
+
+def test_a_used_or_foreign_challenge_never_makes_a_transaction_count_as_a_repeat(gw):
+    challenge = pay(gw, 150).json()["challenge"]
+    code = oathtool(gw.totp_secret)
+    assert pay(gw, 150, {"Txgate-Challenge": challenge, "Txgate-OTP": code}).status_code == 200
+    # The same challenge again, for the same and for another transaction: both are new
+    # transactions for the counters (and refused, since the challenge is used up).
+    assert pay(gw, 150, {"Txgate-Challenge": challenge, "Txgate-OTP": code}).status_code == 401
+    assert pay(gw, 160, {"Txgate-Challenge": challenge, "Txgate-OTP": code}).status_code == 401
+    made_up = "ch_" + "B" * 24
+    assert pay(gw, 170, {"Txgate-Challenge": made_up, "Txgate-OTP": code}).status_code == 401
+    assert [e["features"]["user_tx_1h"] for e in logged(gw)] == [1, 1, 2, 3, 4]
+
+
+def test_a_denied_transaction_is_refused_before_any_challenge(gw, upstream):
+    # 25000 needs the device (T-DEVICE) and is denied (T-DENY): no challenge is worth issuing.
+    (gw.config_path.parent / "rules" / "deny.yaml").write_text(
+        "version: 1\nrules:\n  - {id: T-DENY, description: huge, when: amount >= 20000, action: deny}\n")
+    assert gw.admin_post("/admin/rules/reload").status_code == 200
+    r = pay(gw, 25000)
+    assert r.status_code == 403 and "WWW-Authenticate" not in r.headers
+    assert 'txgate_stepup_total{method="device",outcome="issued"} 0.0' in gw.metrics()
