@@ -14,6 +14,7 @@ from typing import Mapping
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from gateway.errors import GatewayError
 
@@ -50,9 +51,10 @@ def upstream_headers(incoming: Mapping[str, str], *, client_ip: str, proto: str,
     out["Forwarded"] = f"{previous}, {forwarded}" if previous else forwarded
     xff = incoming.get("X-Forwarded-For")
     out["X-Forwarded-For"] = f"{xff}, {client_ip}" if xff else client_ip
+    # Overwritten, not kept: a client must not tell the upstream which host or scheme it used.
     if host:
-        out.setdefault("X-Forwarded-Host", host)
-    out.setdefault("X-Forwarded-Proto", proto)
+        out["X-Forwarded-Host"] = host
+    out["X-Forwarded-Proto"] = proto
     out.update(added)
     return out
 
@@ -93,7 +95,9 @@ class Forwarder:
                 context = candidate
                 break
         try:
-            return await self._session.request(method, url, headers=headers, data=body or None,
+            # encoded=True: the upstream gets the very path that was matched, byte for byte.
+            return await self._session.request(method, URL(url, encoded=True), headers=headers,
+                                               data=body or None,
                                                allow_redirects=False, compress=None, ssl=context)
         except asyncio.TimeoutError:
             raise GatewayError(504, "upstream_timeout", "the upstream did not answer in time") from None

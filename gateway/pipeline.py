@@ -32,6 +32,7 @@ from gateway.exchange import Exchange
 from gateway.features import builtin_attributes
 from gateway.forward import stream_back, upstream_headers
 from gateway.responses import error_response
+from gateway.routing import check_path
 from gateway.state.base import StateError
 from metrics.definitions import FAIL_OPEN, STATE_ERRORS, UPSTREAM_DURATION, UPSTREAM_ERRORS
 
@@ -48,6 +49,7 @@ class Pipeline:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ex = Exchange(request, uuid.uuid4().hex, time.perf_counter())
         try:
+            check_path(request.raw_path)
             route = ex.route = self.s.router.match(request.method, request.path)
             if route is None:
                 raise _NO_ROUTE

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from gateway.config import RouteConfig
+from gateway.errors import InvalidRequest
 from gateway.transaction import TransactionExtractor
 
 
@@ -17,6 +19,19 @@ class Route:
     @property
     def name(self) -> str:
         return self.config.name
+
+
+# Paths whose meaning depends on who normalises them: dot-segments, empty segments, encoded
+# dots, slashes and backslashes. txgate matches one path and the upstream (or any URL library
+# between) could resolve another, e.g. /v1/accounts/../payments past the payment rules.
+_AMBIGUOUS = re.compile(r"(?:^|/)\.{1,2}(?:/|$)|//|%2e|%2f|%5c|\\", re.IGNORECASE)
+
+
+def check_path(raw_path: str) -> None:
+    """Refuse a request path that could be resolved to another route than the one it matches."""
+    if _AMBIGUOUS.search(raw_path.partition("?")[0]):
+        raise InvalidRequest("path: dot-segments, empty segments and encoded dots or slashes "
+                             "are not accepted")
 
 
 class Router:

@@ -222,3 +222,27 @@ def test_sigterm_lets_in_flight_requests_finish_and_flushes_the_log(start_gatewa
 
 def _slow_in_flight(upstream) -> int:
     return sum(1 for e in upstream.seen() if e["path"].startswith("/slow?s=2"))
+
+
+@pytest.mark.parametrize("path", ["/v1/accounts/../v1/payments", "/v1/accounts/%2e%2e/payments",
+                                  "/dead/..%2fv1/payments", "/accounts//x", "/a/./b"])
+def test_ambiguous_paths_are_refused_before_routing(gateway, upstream, path):
+    import http.client
+    upstream.clear()
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
+    connection.request("POST", path, body=b'{"amount": 1000000000}',
+                       headers={"Content-Type": "application/json"})
+    answer = connection.getresponse()
+    body = json.loads(answer.read())
+    connection.close()
+    assert answer.status == 400 and body["error"] == "invalid_request"
+    assert upstream.seen() == []
+
+
+def test_forwarded_host_and_proto_are_the_gateways_not_the_clients(gateway, upstream):
+    upstream.clear()
+    gateway.client.request("GET", f"{gateway.url}/x", headers={"X-Forwarded-Host": "evil.example",
+                                                               "X-Forwarded-Proto": "https"})
+    sent = {k.lower(): v for k, v in upstream.seen()[0]["headers"]}
+    assert sent["x-forwarded-host"] == f"127.0.0.1:{gateway.port}"
+    assert sent["x-forwarded-proto"] == "http"
