@@ -21,6 +21,10 @@ FIELD_TYPES = ("string", "integer", "number", "boolean")
 _SOURCE = re.compile(r"^(?:json:\$(?:\.[A-Za-z_][\w-]*|\[\d+\])+|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|principal)$")
 
 
+# What the rules can tell apart: integers and numbers compare alike.
+_RULE_KIND = {"string": "string", "integer": "number", "number": "number", "boolean": "boolean"}
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; ``str()`` is one line per problem, each naming its key path."""
 
@@ -214,6 +218,15 @@ class Config(_Strict):
         for route in routes:
             if bundles.setdefault(route.upstream, route.upstream_ca_file) != route.upstream_ca_file:
                 raise ValueError(f"routes naming {route.upstream} disagree on upstream_ca_file")
+        # Rules are compiled once for every route: an attribute has one type everywhere.
+        kinds: dict[str, tuple[str, str]] = {}
+        for route in routes:
+            for name, spec in (route.transaction or {}).items():
+                kind = _RULE_KIND.get(spec.type or ("number" if name == "amount" else "string"))
+                first = kinds.setdefault(name, (kind, route.name))
+                if first[0] != kind:
+                    raise ValueError(f"attribute {name!r} is a {kind} in route {route.name!r} "
+                                     f"but a {first[0]} in route {first[1]!r}")
         return routes
 
 

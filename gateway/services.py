@@ -19,6 +19,9 @@ from gateway.velocity import Velocity
 from metrics.definitions import STEPUP, precreate
 
 
+_KEPT_VELOCITY_VIEWS = 4
+
+
 @dataclass(frozen=True, slots=True)
 class VelocityPair:
     shared: Velocity     # on the configured state backend
@@ -65,12 +68,15 @@ class Services:
 
     def _rebuild_velocity(self, rules) -> None:
         # Counters change with the rules; both views are built at load time, never per request.
-        self._velocity = {rules.version: VelocityPair(Velocity(rules.counters, self.state),
-                                                      Velocity(rules.counters, self.local_state))}
+        # The previous sets' views are kept a while for requests still pinned to them.
+        self._velocity[rules.version] = VelocityPair(Velocity(rules.counters, self.state),
+                                                     Velocity(rules.counters, self.local_state))
+        for version in list(self._velocity)[:-_KEPT_VELOCITY_VIEWS]:
+            del self._velocity[version]
 
     def velocity_for(self, rules) -> VelocityPair:
         pair = self._velocity.get(rules.version)
-        if pair is None:   # a request still pinned to the previous set
+        if pair is None:   # pinned to a set older than the views kept: rare, so built anew
             pair = VelocityPair(Velocity(rules.counters, self.state),
                                 Velocity(rules.counters, self.local_state))
         return pair

@@ -18,6 +18,7 @@ from gateway.config import FieldSpec, RouteConfig
 from gateway.currencies import ISO_4217, minor_units
 from gateway.errors import InvalidRequest
 from rules.engine import MAX_NUMBER
+from rules.ruleset import MAX_STRING
 
 _MISSING = object()
 _PATH_STEP = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]")
@@ -49,6 +50,9 @@ def _field(name: str, spec: FieldSpec) -> _Field:
 def _check_string(name, value):
     if not isinstance(value, str):
         raise InvalidRequest(f"{name}: expected a string")
+    # The rule engine refuses these (C strings end at NUL; huge values are abuse): a 400 here.
+    if len(value) > MAX_STRING or "\x00" in value:
+        raise InvalidRequest(f"{name}: longer than {MAX_STRING} characters or containing NUL")
     return value
 
 

@@ -75,3 +75,12 @@ def test_file_errors_carry_the_file_name(tmp_path):
     path.write_text("state: {backend: postgres}\n")
     with pytest.raises(ConfigError, match=r"txgate\.yaml: state\.backend: "):
         load_config(path)
+
+
+def test_an_attribute_has_one_type_across_routes():
+    a = {**ROUTE, "transaction": {"count": {"from": "json:$.n", "type": "integer"}}}
+    b = {**ROUTE, "name": "b", "transaction": {"count": {"from": "json:$.n", "type": "boolean"}}}
+    assert errors_of({"routes": [a, b]}) == [
+        "routes: attribute 'count' is a boolean in route 'b' but a number in route 'payments'"]
+    c = {**ROUTE, "name": "c", "transaction": {"count": {"from": "json:$.n", "type": "number"}}}
+    assert parse_config({"routes": [a, c]}, {}).routes[1].name == "c"

@@ -53,6 +53,8 @@ def test_optional_fields_may_be_absent():
     (body(payee={}), "payee"),
     (body(payee="DE02"), "payee"),
     (b"[]", "user_id"),
+    (body(payee={"iban": "DE" + "0" * 70_000}), "payee"),
+    (body(user_id="u\u0000admin"), "user_id"),
 ])
 def test_bad_input_is_refused_naming_the_field(raw, field):
     assert refused(raw).startswith(f"{field}: ")
