@@ -269,12 +269,3 @@ def test_rfc9421_b26_ed25519_vector(state, store, clock):
                                                                     "created=1618884474")
     with pytest.raises(AuthError):
         run(verifier.verify("POST", "https://example.com/foo", headers, b""))
-
-
-def test_verify_is_fast(verifier, hmac_client):
-    messages = [sign(*hmac_client, nonce=f"n{i}") for i in range(300)]
-    start = time.perf_counter()
-    for message in messages:
-        run(verifier.verify(*message))
-    per_request = (time.perf_counter() - start) / len(messages)
-    assert per_request < 0.002, per_request
