@@ -141,7 +141,10 @@ class Velocity:
             if located is not None:
                 tag, key = located
                 groups.setdefault(tag, []).append((plan, plan.op(key, attrs, update=True)))
-        await self._run(groups, f"a:{encode(event_id)}")
+        # After a provisional observe the "a:" marker is already set by it: the late kinds
+        # need their own, or they would be read as already applied and never counted.
+        marker = "l" if provisional_done else "a"
+        await self._run(groups, f"{marker}:{encode(event_id)}")
 
     async def strong_auth(self, attrs: dict) -> None:
         """Restart every ``reset_on: strong_auth`` counter of these key values."""

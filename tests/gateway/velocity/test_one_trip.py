@@ -90,3 +90,24 @@ def test_distinct_on_allow_waits_for_record_allowed(state_backends):
         await v.record_allowed(PAY, "e1", provisional_done=True)
         assert (await v.observe(PAY, "e3")) == {"allowed_payees": 1}
     state_backends.run(scenario)
+
+
+def test_late_on_allow_kinds_count_next_to_provisional_ones(state_backends):
+    # distinct and first_seen "on: allow" cannot be taken back, so they are recorded after
+    # forwarding; a provisional sum on the same key must not make them look already applied.
+    counters = [spec("allowed_amount", ["user_id"], "sum", field="amount", window_s=60, on="allow"),
+                spec("payees", ["user_id"], "distinct", field="payee", window_s=60, on="allow")]
+
+    async def scenario(b):
+        v = Velocity(counters, b)
+        seen = []
+        for i in range(3):
+            attrs = {**PAY, "payee": f"DE0{i}"}
+            observation = await v.observe_once(attrs, f"e{i}", ())
+            seen.append(observation.features["payees"])
+            await v.record_allowed(attrs, f"e{i}", provisional_done=True)
+        assert seen == [0, 1, 2]
+        # Recording the same forwarded event again changes nothing.
+        await v.record_allowed({**PAY, "payee": "DE09"}, "e2", provisional_done=True)
+        assert (await v.observe({**PAY, "payee": "DE00"}, "peek"))["payees"] == 3
+    state_backends.run(scenario)
