@@ -28,6 +28,10 @@ _CHUNK = 64 * 1024
 SMALL_BODY = 64 * 1024
 
 
+# Built once: a request without a Connection header (nearly all) drops exactly these.
+_DROP_UPSTREAM = HOP_BY_HOP | {"host", "content-length"}
+
+
 def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
     tokens: set[str] = set()
     for value in headers.getall("Connection", ()) if hasattr(headers, "getall") else ():
@@ -35,16 +39,21 @@ def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
     return tokens
 
 
+def _drop(base: frozenset[str], headers: Mapping[str, str]) -> frozenset[str]:
+    """``base`` plus every name the message's Connection header lists."""
+    if "Connection" not in headers:
+        return base
+    tokens = _connection_tokens(headers)
+    return base | tokens if tokens else base
+
+
 def upstream_headers(incoming: Mapping[str, str], *, client_ip: str, proto: str, host: str | None,
                      added: Mapping[str, str]) -> CIMultiDict:
     """Headers for the upstream request: end-to-end ones of the client plus ours."""
-    drop = HOP_BY_HOP | _connection_tokens(incoming) | {"host", "content-length"}
-    out = CIMultiDict()
-    for name, value in incoming.items():
-        lower = name.lower()
-        if lower in drop or lower.startswith("txgate-"):
-            continue
-        out.add(name, value)
+    drop = _drop(_DROP_UPSTREAM, incoming)
+    out = CIMultiDict([(name, value) for name, value in incoming.items()
+                       if (lower := name.lower()) not in drop
+                       and not lower.startswith("txgate-")])
     node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
     forwarded = f"for={node};proto={proto}" + (f';host="{host}"' if host else "")
     previous = incoming.get("Forwarded")
@@ -60,7 +69,7 @@ def upstream_headers(incoming: Mapping[str, str], *, client_ip: str, proto: str,
 
 
 def downstream_headers(upstream: Mapping[str, str]) -> CIMultiDict:
-    drop = HOP_BY_HOP | _connection_tokens(upstream)
+    drop = _drop(HOP_BY_HOP, upstream)
     return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in drop)
 
 
