@@ -70,7 +70,7 @@ class RedisBackend(StateBackend):
         # redis-py raises MaxConnectionsError when its pool is exhausted; a burst should queue
         # for a connection instead (for at most timeout_ms), so calls take a slot first.
         self._slots = asyncio.Semaphore(max_connections)
-        # The request path's script call skips redis-py's generic command path (single server).
+        # Single server: every call skips redis-py's generic command path (see redis_direct).
         self._lane = None if cluster else DirectLane(self._client)
 
     async def _direct(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -117,44 +117,63 @@ class RedisBackend(StateBackend):
         except (RedisError, OSError):
             pass
 
+    def _command(self, operation: str, command: tuple, call: Callable[[], Awaitable[T]]):
+        """``command`` on the direct lane (single server), else ``call`` through redis-py.
+
+        The lane answers raw replies (b"OK", a flat HGETALL list); redis-py's parsed ones
+        differ only where the callers below look at both shapes."""
+        if self._lane is not None:
+            return self._direct(operation, lambda: self._lane.execute(*command))
+        return self._call(operation, call)
+
+    def _script(self, operation: str, script, keys: list, args: list):
+        if self._lane is not None:
+            return self._direct(operation, lambda: self._lane.script(
+                script.script, script.sha, keys, args))
+        return self._call(operation, lambda: script(keys=keys, args=args))
+
     async def ping(self) -> None:
-        await self._call("ping", self._client.ping)
+        await self._command("ping", ("PING",), self._client.ping)
 
     async def claim(self, key: str, ttl_s: float) -> bool:
-        stored = await self._call(
-            "claim", lambda: self._client.set(key, b"1", px=_ms(ttl_s), nx=True))
+        px = _ms(ttl_s)
+        stored = await self._command("claim", ("SET", key, b"1", "PX", px, "NX"),
+                                     lambda: self._client.set(key, b"1", px=px, nx=True))
         return bool(stored)
 
     async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         px = None if ttl_s is None else _ms(ttl_s)
-        await self._call("put", lambda: self._client.set(key, value, px=px))
+        command = ("SET", key, value) if px is None else ("SET", key, value, "PX", px)
+        await self._command("put", command, lambda: self._client.set(key, value, px=px))
 
     async def get(self, key: str) -> bytes | None:
-        return await self._call("get", lambda: self._client.get(key))
+        return await self._command("get", ("GET", key), lambda: self._client.get(key))
 
     async def take(self, key: str) -> bytes | None:
-        return await self._call("take", lambda: self._client.getdel(key))
+        return await self._command("take", ("GETDEL", key), lambda: self._client.getdel(key))
 
     async def delete(self, key: str) -> None:
-        await self._call("delete", lambda: self._client.delete(key))
+        await self._command("delete", ("DEL", key), lambda: self._client.delete(key))
 
     async def incr(self, key: str, ttl_s: float) -> int:
-        value = await self._call("incr", lambda: self._incr(keys=[key], args=[_ms(ttl_s)]))
-        return int(value)
+        return int(await self._script("incr", self._incr, [key], [_ms(ttl_s)]))
 
     async def advance(self, key: str, value: int, ttl_s: float) -> bool:
-        stored = await self._call(
-            "advance", lambda: self._advance(keys=[key], args=[int(value), _ms(ttl_s)]))
-        return bool(stored)
+        return bool(await self._script("advance", self._advance, [key], [int(value), _ms(ttl_s)]))
 
     async def hset(self, key: str, field: str, value: bytes) -> None:
-        await self._call("hset", lambda: self._client.hset(key, field, value))
+        await self._command("hset", ("HSET", key, field, value),
+                            lambda: self._client.hset(key, field, value))
 
     async def hget(self, key: str, field: str) -> bytes | None:
-        return await self._call("hget", lambda: self._client.hget(key, field))
+        return await self._command("hget", ("HGET", key, field),
+                                   lambda: self._client.hget(key, field))
 
     async def hgetall(self, key: str) -> dict[str, bytes]:
-        record = await self._call("hgetall", lambda: self._client.hgetall(key))
+        record = await self._command("hgetall", ("HGETALL", key),
+                                     lambda: self._client.hgetall(key))
+        if isinstance(record, list):     # the lane's raw RESP2 reply: name, value, name, …
+            record = dict(zip(record[::2], record[1::2]))
         return {name.decode(): value for name, value in record.items()}
 
     async def trip(self, claims: Sequence[tuple[str, int]], batches: Sequence[Batch]) -> Trip:
