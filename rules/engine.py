@@ -17,6 +17,7 @@ import threading
 from decimal import Decimal
 
 import durable_rules_engine as dre
+import orjson
 
 GUARD_FIELD = "tx_id"
 GUARD = {"$ex": {GUARD_FIELD: 1}}
@@ -46,7 +47,13 @@ def to_json(value) -> str:
         return number_text(value)
     if isinstance(value, str):
         # The engine compares raw bytes: a ruleset with \u escapes never equals a UTF-8 fact.
-        return json.dumps(value, ensure_ascii=False)
+        # orjson writes the same text as json.dumps(ensure_ascii=False) at a tenth of the cost
+        # (every string attribute of every request); it refuses lone surrogates, which keep
+        # json's behaviour.
+        try:
+            return orjson.dumps(value).decode()
+        except orjson.JSONEncodeError:
+            return json.dumps(value, ensure_ascii=False)
     if isinstance(value, dict):
         return "{" + ",".join(json.dumps(str(k), ensure_ascii=False) + ":" + to_json(v)
                               for k, v in value.items()) + "}"
@@ -118,7 +125,7 @@ class CompiledRules:
                 nxt = res[1] if res else None
                 while nxt:
                     # One action per firing; `$or` fires once per true branch, hence the dict.
-                    fired[next(iter(json.loads(nxt)))] = None
+                    fired[next(iter(orjson.loads(nxt)))] = None
                     nxt = dre.complete_and_start_action(self._handle, state)
             finally:
                 dre.retract_fact(self._handle, js)
