@@ -51,9 +51,15 @@ class Velocity:
         self._late = [p for p in self._plans
                       if p.spec.on == "allow" and id(p) not in self._provisional]
         self._resets = [plan for plan in self._plans if plan.spec.reset_on == "strong_auth"]
-        # Per plan, decided once: (plan, applied provisionally, updated on attempt).
-        self._observing = [(p, id(p) in self._provisional, p.spec.on == "attempt")
-                           for p in self._plans]
+        # Decided once: the plans grouped by their first key attribute (one hash tag per
+        # request each, so its value is encoded once), each as (plan, applied provisionally,
+        # updated on attempt).
+        groups: dict[str, list] = {}
+        for p in self._plans:
+            groups.setdefault(p.spec.key[0], []).append(
+                (p, id(p) in self._provisional, p.spec.on == "attempt"))
+        self._observing = [(name, entries[0][0].tag_open, entries)
+                           for name, entries in groups.items()]
         # The event marker must outlive a step-up round trip (challenge_ttl_s, 300 s by default).
         self._event_ttl_ms = event_ttl_s * 1000
 
@@ -78,27 +84,27 @@ class Velocity:
         then not forwarded. Raises StateError.
         """
         event, allowed = f"e:{encode(event_id)}", f"a:{encode(event_id)}"
-        tags: dict[str, tuple[list, list]] = {}
-        for plan, is_provisional, on_attempt in self._observing:
-            located = plan.tag_and_key(attrs)
-            if located is None:
-                continue
-            tag, key = located
-            lists = tags.get(tag)
-            if lists is None:
-                lists = tags[tag] = ([], [])
-            if provisional and is_provisional:
-                lists[1].append((plan, plan.op(key, attrs, True, PROVISIONAL)))
-            else:
-                lists[0].append((plan, plan.op(key, attrs, on_attempt)))
         members, batches, pending_index = [], [], []
-        for tag, (now_ops, allow_ops) in tags.items():
+        for name, tag_open, entries in self._observing:
+            value = attrs.get(name)
+            if value is None:
+                continue
+            base = f"{PREFIX}:{tag_open}{encode(value)}}}"
+            now_ops, allow_ops = [], []
+            for plan, is_provisional, on_attempt in entries:
+                key = plan.key_under(base, attrs)
+                if key is None:
+                    continue
+                if provisional and is_provisional:
+                    allow_ops.append((plan, plan.op(key, attrs, True, PROVISIONAL)))
+                else:
+                    now_ops.append((plan, plan.op(key, attrs, on_attempt)))
             for marker, ops in ((event, now_ops), (allowed, allow_ops)):
                 if ops:
                     members.append(ops)
                     if marker is allowed:
                         pending_index.append(len(batches))
-                    batches.append(Batch(f"{PREFIX}:{tag}:{marker}", self._event_ttl_ms,
+                    batches.append(Batch(f"{base}:{marker}", self._event_ttl_ms,
                                          tuple(op for _, op in ops)))
         trip: Trip = await self.backend.trip(claims, batches)
         if not trip.fresh:

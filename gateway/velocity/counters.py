@@ -92,15 +92,21 @@ class CounterPlan:
         if first is None:
             return None
         tag = f"{self.tag_open}{encode(first)}}}"
+        key = self.key_under(f"{PREFIX}:{tag}", attrs)
+        return None if key is None else (tag, key)
+
+    def key_under(self, base: str, attrs: dict) -> str | None:
+        """The key below ``base`` (``txv:{tag}``, from the first key attribute), or None when
+        another key attribute is absent."""
         if not self.rest:
-            return tag, f"{PREFIX}:{tag}{self.suffix}"
-        parts = [PREFIX, ":", tag, self.suffix]
+            return base + self.suffix
+        parts = [base, self.suffix]
         for name, separator in self.rest:
             value = attrs.get(name)
             if value is None:
                 return None
             parts += (separator, encode(value))
-        return tag, "".join(parts)
+        return "".join(parts)
 
     def op(self, key: str, attrs: dict, update: bool, kind: str | None = None) -> Op:
         """The operation for one request; an update whose field is absent becomes a read.
