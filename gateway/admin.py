@@ -23,8 +23,22 @@ def _json(data: dict, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
+@web.middleware
+async def _json_http_errors(request: web.Request, handler):
+    # aiohttp's own answers (unknown path, wrong method) are text; the admin API speaks JSON.
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        return web.json_response({"error": code, "message": exc.reason}, status=exc.status,
+                                 headers={k: v for k, v in exc.headers.items()
+                                          if k.lower() == "allow"})
+
+
 def build_admin_app(services, admin_token: str | None) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[_json_http_errors])
 
     async def healthz(_):
         return _json({"status": "ok"})

@@ -83,7 +83,7 @@ def _check_boolean(name, value):
 
 
 def _check_currency(name, value):
-    if value not in ISO_4217:
+    if not isinstance(value, str) or value not in ISO_4217:
         raise InvalidRequest(f"{name}: expected an ISO 4217 currency code")
     return value
 

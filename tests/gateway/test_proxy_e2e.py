@@ -246,3 +246,13 @@ def test_forwarded_host_and_proto_are_the_gateways_not_the_clients(gateway, upst
     sent = {k.lower(): v for k, v in upstream.seen()[0]["headers"]}
     assert sent["x-forwarded-host"] == f"127.0.0.1:{gateway.port}"
     assert sent["x-forwarded-proto"] == "http"
+
+
+def test_admin_errors_are_json_even_from_the_router(gateway):
+    from tests.fixtures.processes import ADMIN_TOKEN
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for method, path in (("DELETE", "/admin/credentials/client/a%0Ab"), ("GET", "/admin/nothing"),
+                         ("PUT", "/admin/rules/reload")):
+        r = requests.request(method, f"{gateway.admin}{path}", headers=bearer, timeout=5)
+        assert r.status_code in (404, 405) and r.headers["Content-Type"].startswith("application/json")
+        assert r.json()["error"] in ("not_found", "method_not_allowed")

@@ -49,6 +49,8 @@ def test_optional_fields_may_be_absent():
     (body(amount=True), "amount"),
     (body(amount=10.001), "amount"),
     (body(currency="EURO"), "currency"),
+    (body(currency=[]), "currency"),
+    (body(currency={"code": "EUR"}), "currency"),
     (body(user_id=7), "user_id"),
     (body(payee={}), "payee"),
     (body(payee="DE02"), "payee"),
