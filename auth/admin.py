@@ -98,7 +98,7 @@ def routes(store: CredentialStore, totp: Totp | None = None,
         user = request.match_info["user"]
         data = await _json_object(request)
         secret = data.get("secret")
-        if secret is not None and not isinstance(secret, str):
+        if "secret" in data and not isinstance(secret, str):   # null is not "no secret"
             raise CredentialError("secret: expected a base32 string")
         secret = await store.enroll_totp(user, secret)
         return web.json_response(
@@ -111,7 +111,7 @@ def routes(store: CredentialStore, totp: Totp | None = None,
         public_key, name = data.get("public_key"), data.get("name")
         if not isinstance(public_key, str):
             raise CredentialError("public_key: expected a PEM string")
-        if name is not None and not isinstance(name, str):
+        if "name" in data and not isinstance(name, str):   # null is not "no name"
             raise CredentialError("name: expected a string")
         device_id = await store.add_device(user, public_key, name)
         return web.json_response({"user": user, "id": device_id}, status=201)
