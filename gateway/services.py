@@ -69,17 +69,22 @@ class Services:
     def _rebuild_velocity(self, rules) -> None:
         # Counters change with the rules; both views are built at load time, never per request.
         # The previous sets' views are kept a while for requests still pinned to them.
-        self._velocity[rules.version] = VelocityPair(Velocity(rules.counters, self.state),
-                                                     Velocity(rules.counters, self.local_state))
+        self._velocity[rules.version] = self._views(rules)
         for version in list(self._velocity)[:-_KEPT_VELOCITY_VIEWS]:
             del self._velocity[version]
 
     def velocity_for(self, rules) -> VelocityPair:
         pair = self._velocity.get(rules.version)
         if pair is None:   # pinned to a set older than the views kept: rare, so built anew
-            pair = VelocityPair(Velocity(rules.counters, self.state),
-                                Velocity(rules.counters, self.local_state))
+            pair = self._views(rules)
         return pair
+
+    def _views(self, rules) -> VelocityPair:
+        # An event is remembered only as long as its step-up repeat can still arrive: every
+        # request leaves a marker, so this bounds the store's memory per request rate.
+        ttl = self.config.auth.challenge_ttl_s + 60
+        return VelocityPair(Velocity(rules.counters, self.state, event_ttl_s=ttl),
+                            Velocity(rules.counters, self.local_state, event_ttl_s=ttl))
 
     async def start(self) -> None:
         await self.state.start()
