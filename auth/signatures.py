@@ -344,19 +344,10 @@ class TlsClientVerifier:
         self._signatures = signatures
         self._store = store
 
-    async def verify(self, method: str, url: str, headers: Mapping[str, str],
-                     body: bytes) -> str:
-        """As SignatureVerifier.verify."""
-        checked = await self.check(method, url, headers, body)
-        await self.claim(checked)
-        return checked.client_id
-
-    async def claim(self, checked: VerifiedSignature) -> None:
-        await self._signatures.claim(checked)
-
     async def check(self, method: str, url: str, headers: Mapping[str, str],
                     body: bytes) -> VerifiedSignature:
-        """As SignatureVerifier.check; a certificate's answer has nothing to claim."""
+        """As SignatureVerifier.check (the pipeline's one call; the claims ride on its state
+        round trip); a certificate's answer has nothing to claim."""
         client_id = TLS_CLIENT.get()
         if client_id is None or _header(headers, "signature-input") is not None:
             return await self._signatures.check(method, url, headers, body)
