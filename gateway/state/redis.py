@@ -72,6 +72,11 @@ class RedisBackend(StateBackend):
         self._slots = asyncio.Semaphore(max_connections)
         # Single server: every call skips redis-py's generic command path (see redis_direct).
         self._lane = None if cluster else DirectLane(self._client)
+        # redis-py's cluster client maps the slots on its first command; several first commands
+        # at once can race that and fail (seen: ConnectionError in ~10 % of fresh clients with
+        # five concurrent scripts), so the first caller maps them and the others wait for it.
+        self._mapped = not cluster
+        self._mapping = asyncio.Lock()
 
     async def _direct(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         """``_call`` for the direct lane: ONE timeout bounds the wait for a slot, the send and
@@ -99,12 +104,21 @@ class RedisBackend(StateBackend):
         except TimeoutError:
             raise StateError(operation, "no free connection within timeout") from None
         try:
+            if not self._mapped:
+                await self._map_slots()
             return await call()
         except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
             # The message names the failure's kind only: keys and values may be secrets.
             raise StateError(operation, type(exc).__name__) from None
         finally:
             self._slots.release()
+
+    async def _map_slots(self) -> None:
+        async with self._mapping:
+            if not self._mapped:
+                async with asyncio.timeout(self._timeout):
+                    await self._client.initialize()
+                self._mapped = True
 
     async def start(self) -> None:
         await self.ping()
