@@ -109,7 +109,7 @@ def _rules(args) -> int:
     types = None
     if _config_path(args):
         from gateway.routing import Router
-        types = Router(_load_config(args).routes).attribute_types() or None
+        types = Router.of(_load_config(args)).attribute_types() or None
     if args.action == "check":
         return commands.check(_rules_dir(args, args.dir), attribute_types=types)
     if args.action == "test":

@@ -17,6 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 TIERS = ("client", "otp", "device")
+# The highest limits.max_amount: one such amount, in the counters' units of 1e-4, stays below
+# gateway.velocity.window.NUMBER_CAP (2**52), so every increment is exact.
+MAX_AMOUNT_LIMIT = 100_000_000_000
 FIELD_TYPES = ("string", "integer", "number", "boolean")
 _SOURCE = re.compile(r"^(?:json:\$(?:\.[A-Za-z_][\w-]*|\[\d+\])+|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|principal)$")
 
@@ -67,6 +70,10 @@ class LimitsConfig(_Strict):
     # are in, and the longest an idle keep-alive connection is kept. Without it a slow client
     # (slowloris) holds a connection and its buffers for as long as it likes.
     client_timeout_s: float = Field(60, gt=0)
+    # The largest amount a transaction may carry (400 above it). Counters keep sums in units
+    # of 1e-4 and saturate at 2**52 of them (about 4.5e11): at this default a window holds 45
+    # maximal payments before a sum saturates, and no value can overflow the store.
+    max_amount: float = Field(10_000_000_000, gt=0, le=MAX_AMOUNT_LIMIT)
 
 
 class TlsConfig(_Strict):
@@ -119,6 +126,8 @@ class FieldSpec(_Strict):
     source: str = Field(alias="from")
     type: Literal["string", "integer", "number", "boolean"] | None = None
     required: bool = True
+    # Text steps applied in order before counters and rules (gateway.transaction.NORMALIZERS).
+    normalize: tuple[Literal["nfkc", "casefold", "lower", "upper", "strip", "ascii"], ...] = ()
 
     @field_validator("source")
     @classmethod
@@ -132,6 +141,22 @@ class MatchConfig(_Strict):
     path: str | None = None
     path_prefix: str | None = None
     methods: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    # The Host values (signed as @authority) this route accepts; any when unset. "host"
+    # matches every port, "host:port" only that one.
+    hosts: tuple[str, ...] | None = None
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value):
+        if value is not None:
+            if not value:
+                raise ValueError("hosts: give at least one host, or leave it out for any")
+            for host in value:
+                if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?",
+                                    host):
+                    raise ValueError(f"{host!r} is not a host name or host:port")
+            value = tuple(h.lower() for h in value)
+        return value
 
     @field_validator("methods")
     @classmethod
@@ -184,15 +209,21 @@ class RouteConfig(_Strict):
     @field_validator("transaction")
     @classmethod
     def _attribute_names(cls, value):
-        for name in value or {}:
+        for name, spec in (value or {}).items():
             if not re.match(r"^[a-z_][a-z0-9_]*$", name):
                 raise ValueError(f"{name!r} is not an attribute name (lower_snake_case)")
+            if spec.normalize and (spec.type not in (None, "string") or
+                                   name == "amount" and spec.type is None):
+                raise ValueError(f"{name}: normalize applies to text fields only")
         return value
 
 
 class Config(_Strict):
     listen: str = "0.0.0.0:8080"
     admin_listen: str = "127.0.0.1:9090"
+    # The host clients know this gateway by: upstreams get it as X-Forwarded-Host (and in
+    # Forwarded) on routes without match.hosts, where the client's Host says nothing trusted.
+    public_host: str | None = None
     tls: TlsConfig | None = None
     state: StateConfig = StateConfig()
     rules: RulesConfig = RulesConfig()

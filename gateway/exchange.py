@@ -19,6 +19,7 @@ class Exchange:
     tier: str | None = None              # the tier proven so far
     stepped_up: bool = False
     transaction: dict = field(default_factory=dict)
+    normalized: dict = field(default_factory=dict)  # field -> value as sent, when normalized
     attrs: dict = field(default_factory=dict)      # everything the rules see
     features: dict = field(default_factory=dict)   # counter values
     event_id: str | None = None

@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.errors import GatewayError
+from gateway.headers import DROPPED
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
@@ -29,7 +30,7 @@ SMALL_BODY = 64 * 1024
 
 
 # Built once: a request without a Connection header (nearly all) drops exactly these.
-_DROP_UPSTREAM = HOP_BY_HOP | {"host", "content-length"}
+_DROP_UPSTREAM = HOP_BY_HOP | DROPPED | {"host", "content-length"}
 
 
 def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
@@ -49,7 +50,8 @@ def _drop(base: frozenset[str], headers: Mapping[str, str]) -> frozenset[str]:
 
 def upstream_headers(incoming: Mapping[str, str], *, client_ip: str, proto: str, host: str | None,
                      added: Mapping[str, str]) -> CIMultiDict:
-    """Headers for the upstream request: end-to-end ones of the client plus ours."""
+    """Headers for the upstream request: end-to-end ones of the client plus ours. ``host`` is
+    the configured host the request matched (or ``public_host``), never the client's own."""
     drop = _drop(_DROP_UPSTREAM, incoming)
     out = CIMultiDict([(name, value) for name, value in incoming.items()
                        if (lower := name.lower()) not in drop
@@ -60,7 +62,7 @@ def upstream_headers(incoming: Mapping[str, str], *, client_ip: str, proto: str,
     out["Forwarded"] = f"{previous}, {forwarded}" if previous else forwarded
     xff = incoming.get("X-Forwarded-For")
     out["X-Forwarded-For"] = f"{xff}, {client_ip}" if xff else client_ip
-    # Overwritten, not kept: a client must not tell the upstream which host or scheme it used.
+    # Set by us or not at all: a client must not tell the upstream which host or scheme it used.
     if host:
         out["X-Forwarded-Host"] = host
     out["X-Forwarded-Proto"] = proto

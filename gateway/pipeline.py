@@ -50,9 +50,10 @@ class Pipeline:
         ex = Exchange(request, uuid.uuid4().hex, time.perf_counter())
         try:
             check_path(request.raw_path)
-            route = ex.route = self.s.router.match(request.method, request.path)
+            route = ex.route = self.s.router.match(request.method, request.path, request.host)
             if route is None:
                 raise _NO_ROUTE
+            route.headers.check(request.headers)
             ex.body = await read_body(request, self.s.config.limits.max_body_bytes)
             await self.authenticate(ex)
             if route.config.transaction is None:
@@ -104,44 +105,51 @@ class Pipeline:
             await self._claim_alone(ex)
 
     async def _claim_alone(self, ex: Exchange) -> None:
+        if await self.s.replay.seen(ex.claims):
+            raise invalid_signature("replay")
         if ex.degraded is None:
             try:
+                await self.s.replay.ready()
                 trip = await self.s.state.trip(ex.claims, ())
             except StateError as exc:
                 self._state_failed(ex, exc)
             else:
                 if not trip.fresh:
                     raise invalid_signature("replay")
-                return
-        # fail_open and local keep replay protection per process while the store is down.
-        if not (await self.s.local_state.trip(ex.claims, ())).fresh:
+        await self._keep_claims(ex)
+
+    async def _keep_claims(self, ex: Exchange) -> None:
+        # Kept in this process as well: while the store is down (fail_open, local) they are
+        # the replay protection, and they are written back to the store when it returns.
+        if not await self.s.replay.keep(ex.claims, store_down=ex.degraded is not None):
             raise invalid_signature("replay")
 
     def extract(self, ex: Exchange) -> None:
         req = ex.request
-        ex.transaction = ex.route.extractor.extract(ex.body, req.headers, ex.client_id)
+        ex.transaction = ex.route.extractor.extract(ex.body, req.headers, ex.client_id,
+                                                    ex.normalized)
         ex.attrs = {**builtin_attributes(ex), **ex.transaction}
 
     async def observe(self, ex: Exchange) -> None:
         """ONE state call: the signature's claims, every counter, the provisional on-allow."""
         velocity = self.s.velocity_for(ex.rules)
         ex.event_id = await self._event_id(ex)
+        if await self.s.replay.seen(ex.claims):
+            raise invalid_signature("replay")
         observation = None
         if ex.degraded is None:
             try:
+                await self.s.replay.ready()
                 observation = await velocity.shared.observe_once(ex.attrs, ex.event_id,
                                                                  ex.claims)
                 ex.velocity = velocity.shared
             except StateError as exc:
                 self._state_failed(ex, exc)
-        if ex.degraded is not None:
-            # Replay protection per process while the store is down; counters too for "local".
-            local = velocity.local if ex.degraded == "local" else None
-            if local is not None:
-                observation = await local.observe_once(ex.attrs, ex.event_id, ex.claims)
-                ex.velocity = local
-            elif not (await self.s.local_state.trip(ex.claims, ())).fresh:
-                raise invalid_signature("replay")
+        if observation is None or observation.fresh:
+            await self._keep_claims(ex)
+        if ex.degraded == "local":   # per-process counters while the store is down
+            observation = await velocity.local.observe_once(ex.attrs, ex.event_id, ())
+            ex.velocity = velocity.local
         if observation is not None:
             if not observation.fresh:
                 raise invalid_signature("replay")
@@ -221,8 +229,9 @@ class Pipeline:
         if ex.decision is not None:
             added["Txgate-Decision"] = ex.decision.action
             added["Txgate-Risk-Score"] = _score(ex.decision.score)
+        host = route.host_for(req.host) if route.config.match.hosts else self.s.config.public_host
         headers = upstream_headers(req.headers, client_ip=req.remote or "unknown", proto=req.scheme,
-                                   host=req.host, added=added)
+                                   host=host, added=added)
         ex.overhead_s = time.perf_counter() - ex.started
         sent = time.perf_counter()
         try:

@@ -78,6 +78,8 @@ class Recorder:
             entry["error"] = ex.error.code
         if ex.degraded:
             entry["degraded"] = ex.degraded
+        if ex.normalized:
+            entry["normalized"] = ex.normalized
         return entry
 
     async def settle(self, ex) -> None:

@@ -13,7 +13,7 @@ def error_response(exc: GatewayError | AuthError, request_id: str) -> web.Respon
     body = {"error": exc.code, "request_id": request_id}
     if isinstance(exc, AuthError):
         body.update(exc.body_extra or {})
-    elif exc.message and exc.status == 400:
+    elif exc.message and exc.status in (400, 415):
         # Only a malformed request is told what was wrong: it names a field, never a rule.
         body["message"] = exc.message
     response = web.Response(status=exc.status, body=orjson.dumps(body),

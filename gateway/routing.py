@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.config import RouteConfig
+from gateway.config import Config, RouteConfig
 from gateway.errors import InvalidRequest
+from gateway.headers import HeaderPolicy
 from gateway.transaction import TransactionExtractor
 
 
@@ -15,10 +16,21 @@ class Route:
     config: RouteConfig
     extractor: TransactionExtractor
     methods: frozenset[str]
+    headers: HeaderPolicy
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def host_for(self, host: str) -> str | None:
+        """The configured entry of ``match.hosts`` that ``host`` (the request's Host) is,
+        or None when it is none of them."""
+        host = host.lower()
+        bare = host.rpartition(":")[0] if host.rpartition(":")[2].isdigit() else host
+        for entry in self.config.match.hosts:
+            if entry == host or entry == bare:
+                return entry
+        return None
 
 
 # Paths whose meaning depends on who normalises them: dot-segments, empty segments, encoded
@@ -35,8 +47,8 @@ def check_path(raw_path: str) -> None:
 
 
 class Router:
-    def __init__(self, routes: tuple[RouteConfig, ...]):
-        self.routes = tuple(Route(r, TransactionExtractor(r), frozenset(r.match.methods)) for r in routes)
+    def __init__(self, routes: tuple[RouteConfig, ...], max_amount: float):
+        self.routes = tuple(_route(r, max_amount) for r in routes)
         self._exact: dict[str, list[Route]] = {}
         for route in self.routes:
             if route.config.match.path is not None:
@@ -44,14 +56,19 @@ class Router:
         self._prefixes = sorted((r for r in self.routes if r.config.match.path_prefix is not None),
                                 key=lambda r: len(r.config.match.path_prefix), reverse=True)
 
-    def match(self, method: str, path: str) -> Route | None:
+    def match(self, method: str, path: str, host: str) -> Route | None:
         for route in self._exact.get(path, ()):
-            if method in route.methods:
+            if method in route.methods and _accepts(route, host):
                 return route
         for route in self._prefixes:
-            if path.startswith(route.config.match.path_prefix) and method in route.methods:
+            if path.startswith(route.config.match.path_prefix) and method in route.methods \
+                    and _accepts(route, host):
                 return route
         return None
+
+    @classmethod
+    def of(cls, config: Config) -> Router:
+        return cls(config.routes, config.limits.max_amount)
 
     def attribute_types(self) -> dict[str, str]:
         """Every transaction attribute any route declares, with its rule-level type."""
@@ -59,3 +76,13 @@ class Router:
         for route in self.routes:
             types.update(route.extractor.attribute_types)
         return types
+
+
+def _route(config: RouteConfig, max_amount: float) -> Route:
+    extractor = TransactionExtractor(config, max_amount)
+    return Route(config, extractor, frozenset(config.match.methods),
+                 HeaderPolicy(extractor.headers))
+
+
+def _accepts(route: Route, host: str) -> bool:
+    return route.config.match.hosts is None or route.host_for(host) is not None

@@ -11,6 +11,7 @@ from gateway.config import Config
 from gateway.decision_log import DecisionLog, FileSink, RedisStreamSink
 from gateway.forward import Forwarder
 from gateway.record import Recorder
+from gateway.replay import ReplayGuard
 from gateway.routing import Router
 from gateway.rulebook import RuleBook
 from gateway.state import create_backend
@@ -31,10 +32,11 @@ class VelocityPair:
 class Services:
     def __init__(self, config: Config, master_key):
         self.config = config
-        self.router = Router(config.routes)
+        self.router = Router.of(config)
         self.state = create_backend(config.state.backend, config.state.url, config.state.cluster,
                                     config.state.timeout_ms)
         self.local_state = MemoryBackend()
+        self.replay = ReplayGuard(self.state, self.local_state)
         self.credentials = CredentialStore(self.state, master_key)
         skew = config.auth.signature.max_skew_s
         self.verifier = SignatureVerifier(self.credentials, self.state, max_skew_s=skew)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Mapping
 
-import orjson
-
+from gateway.canonical import check_media_type, parse_json, single
 from gateway.config import FieldSpec, RouteConfig
 from gateway.currencies import ISO_4217, minor_units
 from gateway.errors import InvalidRequest
@@ -39,12 +39,33 @@ class _Field:
     where: Any                # path tuple or header name
     type: str                 # amount | currency | string | integer | number | boolean
     required: bool
+    normalize: tuple[Callable[[str, str], str], ...]
+
+
+def _ascii(name: str, value: str) -> str:
+    # NFKC and case folding leave a Cyrillic "а" or a zero-width space in place: an identity
+    # that must not have look-alikes is refused unless it is plain ASCII.
+    if not value.isascii():
+        raise InvalidRequest(f"{name}: only ASCII characters are accepted")
+    return value
+
+
+# Applied in the order the route lists them, before the type check, counters and rules.
+NORMALIZERS: dict[str, Callable[[str, str], str]] = {
+    "nfkc": lambda name, value: unicodedata.normalize("NFKC", value),
+    "casefold": lambda name, value: value.casefold(),
+    "lower": lambda name, value: value.lower(),
+    "upper": lambda name, value: value.upper(),
+    "strip": lambda name, value: value.strip(),
+    "ascii": _ascii,
+}
 
 
 def _field(name: str, spec: FieldSpec) -> _Field:
     kind, _, rest = spec.source.partition(":")
     where = _json_path(spec.source) if kind == "json" else rest
-    return _Field(name, kind, where, spec.type or _NAMED_TYPES.get(name, "string"), spec.required)
+    return _Field(name, kind, where, spec.type or _NAMED_TYPES.get(name, "string"), spec.required,
+                  tuple(NORMALIZERS[step] for step in spec.normalize))
 
 
 def _check_string(name, value):
@@ -93,7 +114,7 @@ def _check_amount(name, value):
         raise InvalidRequest(f"{name}: expected a JSON number")
     if not math.isfinite(value) or value < 0:
         raise InvalidRequest(f"{name}: expected a finite, non-negative number")
-    return _check_range(name, value)
+    return value
 
 
 _CHECKS: dict[str, Callable] = {
@@ -113,32 +134,32 @@ _FROM_TEXT: dict[str, Callable[[str], Any]] = {
 class TransactionExtractor:
     """Compiled extractor for one route. ``None`` routes (no block) have no transaction."""
 
-    def __init__(self, route: RouteConfig):
+    def __init__(self, route: RouteConfig, max_amount: float):
         self.fields = tuple(_field(n, s) for n, s in (route.transaction or {}).items())
         self.needs_json = any(f.kind == "json" for f in self.fields)
         self.attribute_types = {f.name: RULE_TYPES[f.type] for f in self.fields}
+        self.headers = tuple(f.where for f in self.fields if f.kind == "header")
+        self._amounts = tuple(f.name for f in self.fields if f.type == "amount")
+        self._max_amount = max_amount
 
-    def extract(self, body: bytes, headers: Mapping[str, str], principal: str | None) -> dict:
-        """The typed attributes of this request; raises InvalidRequest naming the field."""
+    def extract(self, body: bytes, headers: Mapping[str, str], principal: str | None,
+                originals: dict | None = None) -> dict:
+        """The typed attributes of this request; raises InvalidRequest naming the field (415
+        for the body's form, gateway.canonical). ``originals`` receives the value as sent of
+        each field that normalization changed."""
         document = _MISSING
         if self.needs_json:
-            encoding = headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                # The rules must decide on the transaction the upstream will execute: the body
-                # is read as sent, so an encoded one would be decided on as one thing (or
-                # refused as not JSON) and decoded into another upstream.
-                raise InvalidRequest("body: a transaction is sent without Content-Encoding")
-            try:
-                document = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise InvalidRequest("body: not valid JSON (or a number out of range)") from None
+            check_media_type(headers)
+            document = parse_json(body)
         attrs: dict[str, Any] = {}
         for f in self.fields:
             if f.kind == "json":
                 value = _lookup(document, f.where)
             elif f.kind == "header":
-                value = headers.get(f.where, _MISSING)
-                if value is not _MISSING and f.type in _FROM_TEXT:
+                value = single(headers, f.where)
+                if value is None:
+                    value = _MISSING
+                elif f.type in _FROM_TEXT:
                     value = _FROM_TEXT[f.type](value)
             else:
                 value = principal if principal is not None else _MISSING
@@ -146,7 +167,18 @@ class TransactionExtractor:
                 if f.required:
                     raise InvalidRequest(f"{f.name}: required field is missing")
                 continue
+            if f.normalize and isinstance(value, str):
+                original = value
+                for step in f.normalize:
+                    value = step(f.name, value)
+                if value != original and originals is not None:
+                    originals[f.name] = original
             attrs[f.name] = _CHECKS[f.type](f.name, value)
+        for name in self._amounts:
+            if name in attrs and attrs[name] > self._max_amount:
+                # Far below 2**53: every counter sums such amounts exactly (limits.max_amount).
+                raise InvalidRequest(f"{name}: above the largest amount accepted "
+                                     f"({self._max_amount:g})")
         if "amount" in attrs:
             _check_decimals(attrs)
         return attrs

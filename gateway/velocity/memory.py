@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from gateway.velocity.ops import (ABSENT, DISTINCT, FIRST_SEEN, NUMBER, PROVISIONAL, UNDO, Batch,
                                   Op, Trip)
-from gateway.velocity.window import DISTINCT_CAP, bucket_count
+from gateway.velocity.window import DISTINCT_CAP, NUMBER_CAP, bucket_count
 
 if TYPE_CHECKING:
     from gateway.state.memory import MemoryBackend
@@ -54,28 +54,12 @@ def _op(backend: MemoryBackend, op: Op, update: bool, now: int) -> int:
     if op.kind == UNDO:
         _undo(backend, op)
         return 0
-    if op.kind == PROVISIONAL:
-        total = _op(backend, Op(op.key, NUMBER, update, op.value, op.window_ms, op.bucket_ms,
-                                op.ttl_ms), update, now)
-        return total - int(op.value) if update else total
+    if op.kind in (NUMBER, PROVISIONAL):
+        total, added = _number(backend, op, update, now)
+        # A provisional number reports the total without its own (kept) increment.
+        return min(NUMBER_CAP, total - added if op.kind == PROVISIONAL else total)
     ttl_s = op.ttl_ms / 1000
     current = backend._live(op.key)
-    if op.kind == NUMBER and op.window_ms > 0:
-        buckets = current if isinstance(current, dict) else {}
-        if update:
-            cur = now // op.bucket_ms
-            buckets[cur] = buckets.get(cur, 0) + int(op.value)
-            backend._store(op.key, buckets, ttl_s)
-        oldest = now // op.bucket_ms - bucket_count(op.window_ms, op.bucket_ms) + 1
-        for index in [i for i in buckets if i < oldest]:
-            del buckets[index]
-        return sum(buckets.values())
-    if op.kind == NUMBER:
-        total = current if isinstance(current, int) else 0
-        if update:
-            total += int(op.value)
-            backend._store(op.key, total, ttl_s)
-        return total
     if op.kind == DISTINCT:
         members = current if isinstance(current, dict) else {}
         if op.window_ms > 0:
@@ -101,12 +85,41 @@ def _op(backend: MemoryBackend, op: Op, update: bool, now: int) -> int:
     return 0
 
 
+def _number(backend: MemoryBackend, op: Op, update: bool, now: int) -> tuple[int, int]:
+    """The total (uncapped) and the part of the increment kept below NUMBER_CAP."""
+    current = backend._live(op.key)
+    added = 0
+    if op.window_ms > 0:
+        buckets = current if isinstance(current, dict) else {}
+        if update:
+            cur = now // op.bucket_ms
+            result = buckets.get(cur, 0) + int(op.value)
+            buckets[cur] = min(NUMBER_CAP, result)
+            added = int(op.value) - max(0, result - NUMBER_CAP)
+            backend._store(op.key, buckets, op.ttl_ms / 1000)
+        oldest = now // op.bucket_ms - bucket_count(op.window_ms, op.bucket_ms) + 1
+        for index in [i for i in buckets if i < oldest]:
+            del buckets[index]
+        return sum(buckets.values()), added
+    total = current if isinstance(current, int) else 0
+    if update:
+        result = total + int(op.value)
+        total = min(NUMBER_CAP, result)
+        added = int(op.value) - max(0, result - NUMBER_CAP)
+        backend._store(op.key, total, op.ttl_ms / 1000)
+    return total, added
+
+
 def _undo(backend: MemoryBackend, op: Op) -> None:
     """Take back a provisional increment: the bucket of its time, or the running total."""
+    # A number that saturated kept less than it is now asked to give back: a withdrawal of a
+    # positive increment stops at zero (as in the Lua script).
+    value = int(op.value)
+    floor = 0 if value < 0 else -NUMBER_CAP
     current = backend._live(op.key)
     if op.bucket_ms > 0 and isinstance(current, dict):
         index = op.window_ms // op.bucket_ms
         if index in current:
-            current[index] += int(op.value)
+            current[index] = max(floor, current[index] + value)
     elif op.bucket_ms == 0 and isinstance(current, int):
-        backend._values[op.key] = current + int(op.value)
+        backend._values[op.key] = max(floor, current + value)

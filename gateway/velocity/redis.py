@@ -14,9 +14,10 @@ from redis.exceptions import NoScriptError
 
 from gateway.velocity.ops import Batch, Trip
 from gateway.velocity.script import LUA
-from gateway.velocity.window import DISTINCT_CAP
+from gateway.velocity.window import DISTINCT_CAP, NUMBER_CAP
 
-SCRIPT = LUA.replace("__DISTINCT_CAP__", str(DISTINCT_CAP))
+SCRIPT = LUA.replace("__DISTINCT_CAP__", str(DISTINCT_CAP)).replace("__NUMBER_CAP__",
+                                                                   str(NUMBER_CAP))
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 _MODE = {(False, False): "0", (True, False): "1", (True, True): "2"}
 

@@ -24,6 +24,10 @@ local t = redis.call('TIME')
 -- Time comes from the store so that gateways with skewed clocks agree.
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cap = tonumber('__DISTINCT_CAP__')
+-- Numbers saturate here (window.py NUMBER_CAP, 2**52): increments are clamped to it by the
+-- caller, so a bucket plus one increment stays below 2**53, exact as a Lua double.
+local top_text = '__NUMBER_CAP__'
+local top = tonumber(top_text)
 
 local nclaims = tonumber(ARGV[1])
 for c = 1, nclaims do
@@ -33,11 +37,22 @@ for c = 1, nclaims do
   redis.call('SET', KEYS[c], '1', 'PX', ARGV[1 + c])
 end
 
+-- The part of an increment a number kept: all of it, unless it reached the cap.
+local function kept(result, inc)
+  if result > top then return tonumber(inc) - (result - top) end
+  return tonumber(inc)
+end
+
+-- Returns the window total (uncapped) and the part of the increment that was kept.
 local function windowed(key, upd, inc, win, bucket, ttl)
   local cur = math.floor(now / bucket)
   local oldest = cur - math.ceil(win / bucket) + 1
+  local added = 0
   if upd then
-    redis.call('HINCRBY', key, string.format('%d', cur), inc)
+    local field = string.format('%d', cur)
+    local result = redis.call('HINCRBY', key, field, inc)
+    if result > top then redis.call('HSET', key, field, top_text) end
+    added = kept(result, inc)
     redis.call('PEXPIRE', key, ttl)
   end
   local flat = redis.call('HGETALL', key)
@@ -51,7 +66,7 @@ local function windowed(key, upd, inc, win, bucket, ttl)
   end
   -- Pruning on read keeps the hash at about 60 fields whatever the traffic.
   if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-  return total
+  return total, added
 end
 
 local out = {1, now}
@@ -78,23 +93,36 @@ while a < #ARGV do
     local key = KEYS[k]
     local i = #out + 1
     if kind == 'n' or kind == 'p' then
+      local total, added = 0, 0
       if win > 0 then
-        out[i] = windowed(key, upd, val, win, bucket, ttl)
+        total, added = windowed(key, upd, val, win, bucket, ttl)
       else
         if upd then
-          redis.call('INCRBY', key, val)
+          local result = redis.call('INCRBY', key, val)
+          if result > top then redis.call('SET', key, top_text, 'KEEPTTL') end
+          added = kept(result, val)
           redis.call('PEXPIRE', key, ttl)
         end
-        out[i] = tonumber(redis.call('GET', key) or '0')
+        total = tonumber(redis.call('GET', key) or '0')
       end
-      if kind == 'p' and upd then out[i] = out[i] - tonumber(val) end
+      -- A provisional number reports the total without its own (kept) increment.
+      if kind == 'p' then total = total - added end
+      if total > top then total = top end
+      out[i] = total
     elseif kind == 'u' then
       -- The bucket of the original increment, so the window total is exactly restored.
+      -- A number that saturated kept less than it is now asked to give back: a withdrawal
+      -- of a positive increment stops at zero.
       local field = string.format('%d', math.floor(win / (bucket > 0 and bucket or 1)))
+      local floor = tonumber(val) < 0
       if bucket > 0 and redis.call('HEXISTS', key, field) == 1 then
-        redis.call('HINCRBY', key, field, val)
+        if redis.call('HINCRBY', key, field, val) < 0 and floor then
+          redis.call('HSET', key, field, '0')
+        end
       elseif bucket == 0 and redis.call('EXISTS', key) == 1 then
-        redis.call('INCRBY', key, val)
+        if redis.call('INCRBY', key, val) < 0 and floor then
+          redis.call('SET', key, '0', 'KEEPTTL')
+        end
       end
       out[i] = 0
     elseif kind == 'd' then

@@ -16,6 +16,13 @@ BUCKETS_PER_WINDOW = 60
 # minor-unit digits, e.g. CLF) and, as Lua numbers are doubles, exact up to 2^53 / 10^4 ≈ 9e11.
 SUM_SCALE = 10_000
 
+# No stored number passes this (2**52, in units of 1/SUM_SCALE for sums, about 4.5e11 for an
+# amount): every increment is clamped to it and every bucket, running total and window total
+# saturates at it. A value below it plus one increment stays below 2**53, where Lua's doubles
+# still hold Redis's integers exactly, so nothing overflows or rounds silently;
+# limits.max_amount keeps real amounts far below it.
+NUMBER_CAP = 2 ** 52
+
 # Distinct counters keep the last-seen time of at most this many members per entity; beyond it
 # the least recently seen members are dropped, so the value saturates at the cap (see docs).
 DISTINCT_CAP = 1000
@@ -52,4 +59,5 @@ def scaled_amount(value: object) -> int | None:
         return None
     if not amount.is_finite():
         return None
-    return int((amount * SUM_SCALE).to_integral_value(rounding=ROUND_HALF_EVEN))
+    scaled = int((amount * SUM_SCALE).to_integral_value(rounding=ROUND_HALF_EVEN))
+    return max(-NUMBER_CAP, min(NUMBER_CAP, scaled))
