@@ -66,7 +66,10 @@ def parse_json(body: bytes) -> Any:
     if b'"' in body:
         # orjson keeps the last of two equal keys silently; the standard parser lets a hook
         # see every pair. Valid UTF-8 is proven above, so the decode cannot fail.
-        json.loads(body.decode(), object_pairs_hook=_unique_keys)
+        try:
+            json.loads(body.decode(), object_pairs_hook=_unique_keys)
+        except RecursionError:   # nested deeper than Python's limit, within orjson's
+            raise InvalidRequest("body: nested too deeply") from None
     return document
 
 

@@ -57,7 +57,7 @@ class HeaderPolicy:
         """InvalidRequest naming the first header that is refused, doubled or a twin."""
         seen: set[str] = set()
         read, twins = self.read, self._twins
-        for name in headers.keys():
+        for name, _ in headers.items():
             lower = name.lower()
             if "_" in lower:
                 dashed = lower.replace("_", "-")
