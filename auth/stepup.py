@@ -65,12 +65,17 @@ class StepUp:
                  totp_period: int = 30, totp_valid_window: int = 1, max_failures: int = 5,
                  lockout_s: int = 900, challenge_ttl_s: int = 300,
                  on_outcome: Callable[[str, str], None] | None = None,
-                 failure_window_s: int = 86400, clock=time.time):
+                 failure_window_s: int = 86400, clock=time.time,
+                 max_failures_per_user: int | None = None, max_attempts_per_client: int = 0,
+                 client_window_s: int = 60):
         self._store = store
         self._state = state
         self.totp = Totp(totp_digits, totp_period, totp_valid_window)
         self.challenges = ChallengeStore(state, challenge_ttl_s, clock)
         self._max_failures = max_failures
+        self._max_failures_per_user = max_failures_per_user or max_failures
+        self._max_attempts_per_client = max_attempts_per_client
+        self._client_window_s = client_window_s
         self._lockout_s = lockout_s
         self._failure_window_s = max(failure_window_s, lockout_s)
         self._on_outcome = on_outcome or (lambda method, outcome: None)
@@ -81,17 +86,28 @@ class StepUp:
         tag = f"{{u:{user}}}"
         return f"{tag}:auth:failures", f"{tag}:auth:locked", f"{tag}:totp:step"
 
+    def _lockouts(self, user: str, client: str | None) -> list[tuple[str, str, int]]:
+        """(failures key, locked key, limit) of every lockout a wrong answer counts toward:
+        the user's through this client (so another client cannot lock the user out), and the
+        user's across all clients (so guesses spread over clients are bounded too)."""
+        failures, locked, _ = self._keys(user)
+        lockouts = [(failures, locked, self._max_failures_per_user)]
+        if client is not None:
+            lockouts.append((f"{failures}:c={client}", f"{locked}:c={client}", self._max_failures))
+        return lockouts
+
     async def check(self, required_tier: str, proven_tier: str, user_id: str | None,
                     request_hash: bytes, transaction: Mapping, headers: Mapping[str, str],
-                    event_id: str | None = None) -> str:
+                    event_id: str | None = None, client_id: str | None = None) -> str:
         """The tier achieved (``proven_tier`` when it suffices, else "otp" or "device");
-        raises AuthError 401 (challenge), 403 (nothing enrolled) or 423 (locked).
-        A challenge issued here remembers ``event_id`` (ChallengeStore.event_of)."""
+        raises AuthError 401 (challenge), 403 (nothing enrolled), 423 (locked) or 429 (the
+        client's answers across its users are over their limit). A challenge issued here
+        remembers ``event_id`` (ChallengeStore.event_of)."""
         if tier_rank(proven_tier) >= tier_rank(required_tier):
             return proven_tier
         if not user_id:
             raise AuthError(403, "enrollment_required", "no_user")
-        failures_key, locked_key, _ = self._keys(user_id)
+        lockouts = self._lockouts(user_id, client_id)
 
         challenge_id = _get(headers, H_CHALLENGE)
         signature, device_id = _get(headers, H_DEVICE_SIGNATURE), _get(headers, H_DEVICE_ID)
@@ -99,33 +115,41 @@ class StepUp:
         # A device answer wins when both are sent: it is the stronger proof.
         method = "device" if signature and device_id else "otp" if code else None
 
-        locked_until = await self._state.get(locked_key)
-        if locked_until is not None:
-            self._on_outcome(method or required_tier, "locked")
-            raise self._locked(float(locked_until))
+        for _, locked_key, _ in lockouts:
+            locked_until = await self._state.get(locked_key)
+            if locked_until is not None:
+                self._on_outcome(method or required_tier, "locked")
+                raise self._locked(float(locked_until))
 
         reason = "step_up_required"
         if challenge_id and method:
+            if client_id is not None and self._max_attempts_per_client:
+                await self._limit_client(client_id, method)
             challenge = await self.challenges.take(user_id, challenge_id)
             if challenge is None:
                 self._on_outcome(method, "expired")
                 reason = "challenge_expired"
             else:
                 # The attempt is counted before it is checked: concurrent answers each draw a
-                # number atomically, so no more than max_failures are ever verified.
-                attempt = await self._state.incr(failures_key, self._failure_window_s)
-                if attempt <= self._max_failures and await self._verify(
-                        challenge, method, required_tier, user_id, request_hash, transaction,
-                        code, signature, device_id):
-                    await self._state.delete(failures_key)
+                # number atomically, so no more than the limit are ever verified.
+                attempts = [await self._state.incr(failures, self._failure_window_s)
+                            for failures, _, _ in lockouts]
+                if all(n <= limit for n, (_, _, limit) in zip(attempts, lockouts)) and \
+                        await self._verify(challenge, method, required_tier, user_id,
+                                           request_hash, transaction, code, signature, device_id):
+                    for failures, _, _ in lockouts:
+                        await self._state.delete(failures)
                     self._on_outcome(method, "passed")
                     return method
-                if attempt >= self._max_failures:
-                    until = self._clock() + self._lockout_s
-                    await self._state.put(locked_key, repr(until).encode(), self._lockout_s)
-                    # The count ends with the lock (not before: answers still in flight must
-                    # keep drawing numbers above the limit), and the user then starts afresh.
-                    await self._state.put(failures_key, str(attempt).encode(), self._lockout_s)
+                until = None
+                for n, (failures, locked_key, limit) in zip(attempts, lockouts):
+                    if n >= limit:
+                        until = self._clock() + self._lockout_s
+                        await self._state.put(locked_key, repr(until).encode(), self._lockout_s)
+                        # The count ends with the lock (not before: answers still in flight
+                        # must keep drawing numbers above the limit), then starts afresh.
+                        await self._state.put(failures, str(n).encode(), self._lockout_s)
+                if until is not None:
                     self._on_outcome(method, "locked")
                     raise self._locked(until)
                 self._on_outcome(method, "failed")
@@ -192,6 +216,15 @@ class StepUp:
                   f'acr_values="{acr}", challenge="{challenge.id}"')
         return AuthError(401, "insufficient_user_authentication", reason,
                          headers={"WWW-Authenticate": header}, body_extra=body)
+
+    async def _limit_client(self, client_id: str, method: str) -> None:
+        # Answers are counted per client across all its users: a client guessing codes for
+        # many users, a few each, stays under every user's lockout but not under this.
+        attempts = await self._state.incr(f"{{c:{client_id}}}:auth:attempts", self._client_window_s)
+        if attempts > self._max_attempts_per_client:
+            self._on_outcome(method, "limited")
+            raise AuthError(429, "too_many_attempts", "client_limited",
+                            headers={"Retry-After": str(self._client_window_s)})
 
     def _locked(self, until: float) -> AuthError:
         retry = max(1, int(until - self._clock() + 0.999))

@@ -101,13 +101,31 @@ class TotpConfig(_Strict):
     digits: int = Field(6, ge=6, le=10)
     period: int = Field(30, ge=10, le=300)
     valid_window: int = Field(1, ge=0, le=10)
+    # Wrong step-up answers (code or device) before a lock of lockout_s: max_failures for one
+    # user through one client (another client's guesses cannot lock the user out there),
+    # max_failures_per_user for one user through all clients together.
     max_failures: int = Field(5, ge=1)
+    max_failures_per_user: int = Field(10, ge=1)
     lockout_s: int = Field(900, gt=0)
+
+    @model_validator(mode="after")
+    def _user_limit_covers_one_client(self):
+        if self.max_failures_per_user < self.max_failures:
+            raise ValueError("max_failures_per_user is below max_failures")
+        return self
+
+
+class ClientAttemptsConfig(_Strict):
+    """Step-up answers one client may send across all its users per window (429 above)."""
+
+    max: int = Field(100, ge=1)
+    window_s: int = Field(60, gt=0)
 
 
 class AuthConfig(_Strict):
     signature: SignatureConfig = SignatureConfig()
     totp: TotpConfig = TotpConfig()
+    client_attempts: ClientAttemptsConfig = ClientAttemptsConfig()
     challenge_ttl_s: int = Field(300, gt=0)
     master_key_file: str | None = None
 

@@ -213,7 +213,7 @@ class Pipeline:
         try:
             return await self.s.stepup.check(
                 required, ex.tier, ex.transaction.get("user_id"), _request_hash(ex),
-                ex.transaction, headers, event_id=ex.event_id)
+                ex.transaction, headers, event_id=ex.event_id, client_id=ex.client_id)
         except StateError as exc:
             STATE_ERRORS.labels(exc.operation).inc()
             raise StateUnavailable() from None   # step-up never degrades: it guards money

@@ -45,6 +45,9 @@ class Services:
         self.stepup = StepUp(self.credentials, self.state, totp_digits=totp.digits,
                              totp_period=totp.period, totp_valid_window=totp.valid_window,
                              max_failures=totp.max_failures, lockout_s=totp.lockout_s,
+                             max_failures_per_user=totp.max_failures_per_user,
+                             max_attempts_per_client=config.auth.client_attempts.max,
+                             client_window_s=config.auth.client_attempts.window_s,
                              challenge_ttl_s=config.auth.challenge_ttl_s,
                              on_outcome=lambda method, outcome: STEPUP.labels(method, outcome).inc())
         self.rulebook = RuleBook(config.rules.path, self.router.attribute_types())

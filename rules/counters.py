@@ -7,6 +7,10 @@ from dataclasses import dataclass
 AGGREGATES = ("count", "sum", "distinct", "first_seen")
 RESETS = ("strong_auth",)
 ON = ("attempt", "allow")
+# global: one value per key across every API client (one risk view per user across business
+# lines); client: one per key and calling client, so that one client's traffic cannot move
+# the counters another client's users are judged by.
+SCOPES = ("global", "client")
 _WINDOW = re.compile(r"^([1-9][0-9]*)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_S = 400 * 86400
@@ -21,6 +25,7 @@ class CounterSpec:
     window_s: int | None = None
     reset_on: str | None = None
     on: str = "attempt"
+    scope: str = "global"
 
     @property
     def feature(self) -> str:
@@ -69,4 +74,7 @@ def counter_from_dict(d: dict) -> CounterSpec:
     on = d.get("on", "attempt")
     if on not in ON:
         raise ValueError(f"counter {name}: on must be attempt or allow")
-    return CounterSpec(name, tuple(key), aggregate, field, window, reset_on, on)
+    scope = d.get("scope", "global")
+    if scope not in SCOPES:
+        raise ValueError(f"counter {name}: scope must be global or client")
+    return CounterSpec(name, tuple(key), aggregate, field, window, reset_on, on, scope)

@@ -21,7 +21,7 @@ from rules.yamlsrc import LineDict, line_of, load_yaml
 
 TOP_KEYS = {"version", "lists", "counters", "thresholds", "rules"}
 RULE_KEYS = {"id", "description", "when", "action", "score", "mode", "tags", "routes"}
-COUNTER_KEYS = {"name", "key", "window", "aggregate", "field", "on", "reset_on"}
+COUNTER_KEYS = {"name", "key", "window", "aggregate", "field", "on", "reset_on", "scope"}
 MODES = ("enforce", "shadow")
 _RULE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 # The engine refuses facts with more than 255 properties; leave room for sid, id and the guard.

@@ -30,9 +30,13 @@ from gateway.demo.upstream import demo_upstream
 from gateway.server import GatewayServer
 
 DEFAULT_RULES = Path(rules_package.__file__).resolve().parent / "default"
-_TX = {"user_id": "json:$.user_id", "amount": "json:$.amount", "currency": "json:$.currency",
+# As examples/txgate.yaml: user ids compared case-insensitively, codes upper-cased.
+_TX = {"user_id": {"from": "json:$.user_id", "normalize": ["nfkc", "casefold", "strip", "ascii"]},
+       "amount": "json:$.amount",
+       "currency": {"from": "json:$.currency", "normalize": ["strip", "upper"]},
        "payee": "json:$.payee.iban",
-       "country": {"from": "json:$.payee.country", "required": False},
+       "country": {"from": "json:$.payee.country", "required": False,
+                   "normalize": ["strip", "upper"]},
        "device_id": {"from": "header:X-Device-Id", "required": False},
        "channel": {"from": "header:X-Channel", "required": False}}
 

@@ -1,7 +1,8 @@
 """Counter plans: each declared CounterSpec compiled once into what a request needs.
 
-Keys: ``txv:{<first key attribute>=<value>}:<counter>:<aggregate>:<scope>[:<attr>=<value>…]``
-(scope: ``w<window s>`` or ``r<reset_on>``). The hash tag is the counter's FIRST key
+Keys: ``txv:{<first key attribute>=<value>}:<counter>:<aggregate>:<span>[:<attr>=<value>…]``
+(span: ``w<window s>`` or ``r<reset_on>``; a ``scope: client`` counter ends with
+``:client_id=<client>``). The hash tag is the counter's FIRST key
 attribute, so every counter of one user (``[user_id]``, ``[user_id, payee]``) shares a Redis
 Cluster slot and one script call. Values are percent-encoded so that no value can forge a
 brace, a separator or another entity's key. The aggregate and window are part of the key: a
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from rules import CounterSpec
 
 PREFIX = "txv"
+CLIENT_KEY = "client_id"   # the built-in attribute naming the authenticated client
 # Exactly the characters quote() never escapes: most ids need no quoting at all, and the
 # check costs a fraction of quote() (which runs several times per request per counter).
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
@@ -80,10 +82,15 @@ class CounterPlan:
             window_ms = 0
         else:
             raise ValueError(f"counter {spec.name}: unknown aggregate {spec.aggregate!r}")
-        scope = f"w{spec.window_s}" if spec.window_s else f"r{spec.reset_on or 'none'}"
-        suffix = f":{spec.name}:{spec.aggregate}:{scope}"
+        span = f"w{spec.window_s}" if spec.window_s else f"r{spec.reset_on or 'none'}"
+        suffix = f":{spec.name}:{spec.aggregate}:{span}"
+        rest = spec.key[1:]
+        if spec.scope == "client":
+            # The calling client is one more key part (its own name, so it cannot collide
+            # with a key attribute): the hash tag, and so the slot, stay the entity's.
+            rest += (CLIENT_KEY,)
         return cls(spec, kind, window_ms, width, ttl, suffix, "{" + f"{spec.key[0]}=",
-                   tuple((n, f":{n}=") for n in spec.key[1:]), spec.aggregate == "sum",
+                   tuple((n, f":{n}=") for n in rest), spec.aggregate == "sum",
                    spec.aggregate == "distinct")
 
     def tag_and_key(self, attrs: dict) -> tuple[str, str] | None:

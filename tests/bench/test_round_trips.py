@@ -76,7 +76,7 @@ def gw(start_gateway, redis_server, upstream, tmp_path):
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "pack.yaml").write_text(RULES)
-    gateway = start_gateway({
+    gateway = start_gateway(config := {
         "state": {"backend": "redis", "url": redis_server.url},
         "rules": {"path": str(rules), "reload": "off"},
         "routes": [
@@ -88,7 +88,16 @@ def gw(start_gateway, redis_server, upstream, tmp_path):
     })
     secret = gateway.admin_post("/admin/clients", {"id": "bench", "hmac": True}).json()["secret"]
     gateway.client = SignedClient("bench", secret)
+    gateway.twin = lambda: start_gateway(config)
     return gateway
+
+
+def send_to(gw, other, prepared):
+    """Send a request signed for ``gw`` to ``other``: both stand behind one address."""
+    prepared = prepared.copy()
+    prepared.headers["Host"] = gw.url.removeprefix("http://")
+    prepared.url = prepared.url.replace(gw.url, other.url)
+    return gw.client.send(prepared)
 
 
 def pay(gw, user: str, amount: float = 12.5):
@@ -117,6 +126,15 @@ def test_a_replay_is_refused_in_the_same_single_trip(gw, redis_server):
     replay = {}
     seen = measured(redis_server, lambda: replay.setdefault("r", gw.client.send(prepared)))
     assert replay["r"].status_code == 401 and replay["r"].json()["error"] == "invalid_signature"
+    # The gateway that accepted it keeps its claims too (gateway.replay): no store call at all.
+    assert seen == {}
+    # Another gateway of the fleet refuses it in its one trip.
+    other = gw.twin()
+    warm = gw.client.prepare("POST", f"{gw.url}/pay", json={
+        "user_id": "w", "amount": 1, "currency": "EUR", "payee": "DE02w"})
+    assert send_to(gw, other, warm).status_code == 200    # fills its client-key cache
+    seen = measured(redis_server, lambda: replay.setdefault("o", send_to(gw, other, prepared)))
+    assert replay["o"].status_code == 401
     assert seen == {"evalsha": 1}
     # The refused replay counted nothing: the next payment of that user is its second.
     assert pay(gw, "r").status_code == 200

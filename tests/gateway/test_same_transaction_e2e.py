@@ -270,3 +270,36 @@ def test_replays_are_refused_during_and_after_a_store_outage(path, start_gateway
     assert r.status_code == 401 and r.json()["error"] == "invalid_signature"
     assert 'txgate_auth_failures_total{reason="replay"} 2.0' in first.metrics()
     assert 'txgate_auth_failures_total{reason="replay"} 1.0' in second.metrics()
+
+
+# --- One client cannot move the counters another client's users are judged by ------------
+
+def test_another_clients_traffic_on_a_device_does_not_deny_this_clients_user(start_gateway,
+                                                                              upstream):
+    from gateway.demo.run import DEFAULT_RULES, _TX
+    gw = start_gateway({"rules": {"path": str(DEFAULT_RULES), "reload": "off"},
+                        "routes": [{"name": "payments", "match": {"path": "/v1/payments"},
+                                    "upstream": upstream.url, "transaction": _TX}]})
+    clients = {}
+    for name in ("client-a", "client-b"):
+        secret = gw.admin_post("/admin/clients", {"id": name, "hmac": True}).json()["secret"]
+        clients[name] = SignedClient(name, secret)
+
+    def pay_from(client, user):
+        doc = {"user_id": user, "amount": 20, "currency": "EUR",
+               "payee": {"iban": "DE89370400440532013000", "country": "DE"}}
+        r = clients[client].request("POST", f"{gw.url}/v1/payments", json=doc,
+                                    headers={"X-Device-Id": "device-of-alice"})
+        wait_until(lambda: r.headers["Txgate-Request-Id"] in gw.decision_log.read_text(),
+                   what="decision logged")
+        return next(json.loads(line) for line in gw.decision_log.read_text().splitlines()
+                    if r.headers["Txgate-Request-Id"] in line)
+
+    # Client B names alice's device for five users of its own (ATO-005: 5 users, deny) ...
+    assert [pay_from("client-b", f"b-user-{i}")["features"]["device_users_24h"]
+            for i in range(5)] == [1, 2, 3, 4, 5]
+    # ... and alice, through client A, is judged by client A's view of her device.
+    entry = pay_from("client-a", "alice")
+    assert entry["features"]["device_users_24h"] == 1
+    assert "ATO-005" not in [hit["id"] for hit in entry["rules"]]
+    assert entry["decision"] != "deny"

@@ -64,6 +64,7 @@ def test_unknown_rule_and_counter_keys_duplicates_and_yaml_duplicate_keys(write)
     ("{name: c, key: [], aggregate: count, window: 1h}", "key must be a non-empty list"),
     ("{name: c, key: [user_id], aggregate: count, window: 1h, on: deny}", "on must be attempt or allow"),
     ("{name: c, key: [user_id], aggregate: count, reset_on: logout}", "reset_on must be strong_auth"),
+    ("{name: c, key: [user_id], aggregate: count, window: 1h, scope: tenant}", "scope must be global or client"),
 ])
 def test_bad_counters(write, counter, message):
     d = write(a__yaml=f"counters:\n  - {counter}\n")

@@ -175,3 +175,22 @@ def test_many_entities_in_one_observe(state_backends):
         await v.observe(attrs, "e1")
         assert await v.observe(attrs, "e2") == {f"c{i}": 2 for i in range(5)}
     state_backends.run(scenario)
+
+
+def test_client_scoped_counters_keep_one_value_per_calling_client(state_backends):
+    from gateway.velocity.counters import CounterPlan
+    from rules import CounterSpec
+    scoped = CounterSpec("device_users", ("device_id",), "distinct", "user_id", 60, scope="client")
+    counters = [scoped, spec("device_all", ["device_id"], "distinct", field="user_id", window_s=60)]
+
+    async def scenario(b):
+        v = Velocity(counters, b)
+        for i in range(3):
+            seen = await v.observe({"device_id": "d", "user_id": f"b{i}", "client_id": "B"}, f"b{i}")
+        assert seen == {"device_users": 3, "device_all": 3}
+        seen = await v.observe({"device_id": "d", "user_id": "alice", "client_id": "A"}, "a1")
+        assert seen == {"device_users": 1, "device_all": 4}
+    state_backends.run(scenario)
+    # Same entity hash tag as the global counter: one slot, one script call.
+    tag, key = CounterPlan.of(scoped).tag_and_key({"device_id": "d", "client_id": "A"})
+    assert tag == "{device_id=d}" and key.endswith(":client_id=A")
