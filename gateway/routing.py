@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 from gateway.config import Config, RouteConfig
 from gateway.errors import InvalidRequest
@@ -40,10 +41,18 @@ _AMBIGUOUS = re.compile(r"(?:^|/)\.{1,2}(?:/|$)|//|%2e|%2f|%5c|\\", re.IGNORECAS
 
 
 def check_path(raw_path: str) -> None:
-    """Refuse a request path that could be resolved to another route than the one it matches."""
-    if _AMBIGUOUS.search(raw_path.partition("?")[0]):
+    """Refuse a request path that could be resolved to another route than the one it matches,
+    and a query that overrides the method at the upstream."""
+    path, _, query = raw_path.partition("?")
+    if _AMBIGUOUS.search(path):
         raise InvalidRequest("path: dot-segments, empty segments and encoded dots or slashes "
                              "are not accepted")
+    if "method" in query.lower():
+        # Symfony and Laravel take ?_method=DELETE as the method: the rules saw a POST.
+        for part in re.split("[&;]", query):
+            if unquote_plus(part.partition("=")[0]).strip().lower() == "_method":
+                raise InvalidRequest("query: _method overrides the method at the upstream and "
+                                     "is not accepted")
 
 
 class Router:

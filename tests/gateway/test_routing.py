@@ -28,3 +28,17 @@ def test_without_hosts_every_host_matches():
 def test_bad_host_lists_are_config_errors(hosts):
     with pytest.raises(ConfigError, match="hosts"):
         router(hosts=hosts)
+
+
+@pytest.mark.parametrize("raw", ["/p?_method=DELETE", "/p?a=1&_METHOD=PUT", "/p?%5Fmethod=DELETE",
+                                 "/p?x=1;_method=PATCH"])
+def test_a_method_override_in_the_query_is_refused(raw):
+    from gateway.errors import InvalidRequest
+    from gateway.routing import check_path
+    with pytest.raises(InvalidRequest, match="_method"):
+        check_path(raw)
+
+
+def test_other_queries_pass():
+    from gateway.routing import check_path
+    check_path("/p?method=card&payment_method=sepa")
