@@ -147,6 +147,13 @@ def test_a_key_twice_in_one_object_is_refused_at_any_depth(raw, key):
     assert refused(raw).startswith(f"body: key {key!r} appears twice")
 
 
+def test_colons_inside_strings_neither_hide_a_repeated_key_nor_refuse_a_good_body():
+    good = body(memo="paid at 12:00, ref a:b:c")
+    assert extract(good)["amount"] == 12.5
+    repeated = good[:-1] + b', "amount": 99999}'
+    assert refused(repeated) == "body: key 'amount' appears twice in one object"
+
+
 @pytest.mark.parametrize("raw", [
     b"\xef\xbb\xbf" + body(),                       # BOM
     body()[:-1] + b', "memo": "\\ud800"}',         # lone surrogate
