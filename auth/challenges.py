@@ -17,7 +17,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from gateway.state.base import StateBackend
+from state.base import StateBackend
 
 _ID = re.compile(r"ch_[A-Za-z0-9_-]{16,64}")
 

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 
 from auth.errors import CredentialError, MasterKeyError
 from auth.keys import MasterKey, SealError
-from gateway.state.base import StateBackend, StateError
+from state.base import StateBackend, StateError
 
 KINDS = ("client", "totp", "device")
 _CLIENTS = "{txgate:cred}:clients"

@@ -40,7 +40,7 @@ import http_sfv
 from auth import sfv
 from auth.credentials import ClientKey, CredentialStore
 from auth.errors import AuthError, invalid_signature
-from gateway.state.base import StateBackend
+from state.base import StateBackend
 
 _ALGS = {"hmac-sha256": "hmac", "ed25519": "ed25519"}
 _DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}

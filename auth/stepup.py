@@ -32,7 +32,7 @@ from auth.credentials import CredentialStore
 from auth.devices import decode_signature, signing_payload
 from auth.errors import AuthError
 from auth.totp import Totp
-from gateway.state.base import StateBackend
+from state.base import StateBackend
 
 TIERS = ("client", "otp", "device")
 _RANK = {tier: rank for rank, tier in enumerate(TIERS)}

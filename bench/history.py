@@ -15,7 +15,7 @@ import redis
 
 from bench.signed import customer
 from gateway.velocity.counters import CounterPlan
-from gateway.velocity.ops import FIRST_SEEN
+from state.ops import FIRST_SEEN
 from rules import load_rules
 
 AGE_S = 40 * 86400

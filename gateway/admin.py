@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import multiprocess
 
 from auth.admin import setup_admin
-from gateway.state.base import StateError
+from state.base import StateError
 from rules import RuleLoadError
 
 

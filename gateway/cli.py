@@ -8,9 +8,7 @@ import logging
 import os
 import sys
 
-
-class UsageError(Exception):
-    """A mistake the user can fix; printed as one line."""
+from gateway.errors import UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,7 +119,7 @@ def _auth(args) -> int:
     from auth import commands
     from auth.errors import CredentialError, MasterKeyError
     from auth.keys import load_master_key
-    from gateway.state import StateError, create_backend
+    from state import StateError, create_backend
     from auth.credentials import CredentialStore
 
     config = _load_config(args)

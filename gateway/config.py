@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 TIERS = ("client", "otp", "device")
 # The highest limits.max_amount: one such amount, in the counters' units of 1e-4, stays below
-# gateway.velocity.window.NUMBER_CAP (2**52), so every increment is exact.
+# state.window.NUMBER_CAP (2**52), so every increment is exact.
 MAX_AMOUNT_LIMIT = 100_000_000_000
 FIELD_TYPES = ("string", "integer", "number", "boolean")
 _SOURCE = re.compile(r"^(?:json:\$(?:\.[A-Za-z_][\w-]*|\[\d+\])+|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|principal)$")

@@ -23,3 +23,7 @@ class InvalidRequest(GatewayError):
 class StateUnavailable(GatewayError):
     def __init__(self):
         super().__init__(503, "state_unavailable", "the shared state store is unavailable")
+
+
+class UsageError(Exception):
+    """A command-line mistake the user can fix; the CLI prints it as one line."""

@@ -33,7 +33,7 @@ from gateway.features import builtin_attributes
 from gateway.forward import stream_back, upstream_headers
 from gateway.responses import error_response
 from gateway.routing import check_path
-from gateway.state.base import StateError
+from state.base import StateError
 from metrics.definitions import FAIL_OPEN, STATE_ERRORS, UPSTREAM_DURATION, UPSTREAM_ERRORS
 
 log = logging.getLogger("txgate.pipeline")

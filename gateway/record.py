@@ -6,7 +6,7 @@ import logging
 import time
 
 from auth.errors import AuthError
-from gateway.state.base import StateError
+from state.base import StateError
 from metrics.definitions import (AUTH_FAILURES, BAD_REQUESTS, OVERHEAD, REQUESTS, RISK_SCORE,
                                  RULE_HITS, STATE_ERRORS)
 

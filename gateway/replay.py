@@ -22,8 +22,8 @@ import logging
 import time
 from collections.abc import Sequence
 
-from gateway.state.base import StateBackend
-from gateway.state.memory import MemoryBackend
+from state.base import StateBackend
+from state.memory import MemoryBackend
 
 log = logging.getLogger("txgate.replay")
 # Claims written back per round: the direct lane pipelines concurrent commands.

@@ -14,8 +14,8 @@ from gateway.record import Recorder
 from gateway.replay import ReplayGuard
 from gateway.routing import Router
 from gateway.rulebook import RuleBook
-from gateway.state import create_backend
-from gateway.state.memory import MemoryBackend
+from state import create_backend
+from state.memory import MemoryBackend
 from gateway.velocity import Velocity
 from metrics.definitions import STEPUP, precreate
 

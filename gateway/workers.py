@@ -58,7 +58,7 @@ def serve(config, master_key, admin_token: str | None, reuse_port: bool) -> int:
 def run(config, workers: int) -> int:
     from auth.errors import MasterKeyError
     from auth.keys import load_master_key
-    from gateway.cli import UsageError
+    from gateway.errors import UsageError
 
     if workers < 1:
         raise UsageError("--workers must be at least 1")

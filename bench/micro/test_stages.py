@@ -23,8 +23,8 @@ from bench import rulepack
 from gateway.decision_log import DecisionLog, FileSink
 from gateway.demo.signer import HmacSigner
 from gateway.record import Recorder
-from gateway.state import create_backend
-from gateway.state.memory import MemoryBackend
+from state import create_backend
+from state.memory import MemoryBackend
 from gateway.velocity import Velocity
 from rules import load_rules
 

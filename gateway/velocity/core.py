@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.state.base import StateBackend
+from state.base import StateBackend
 from gateway.velocity.counters import PREFIX, CounterPlan, encode
-from gateway.velocity.ops import NUMBER, PROVISIONAL, UNDO, Batch, Op, Trip
-from gateway.velocity.window import EVENT_TTL_S
+from state.ops import NUMBER, PROVISIONAL, UNDO, Batch, Op, Trip
+from state.window import EVENT_TTL_S
 
 if TYPE_CHECKING:
     from rules import CounterSpec

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from gateway.velocity.ops import ABSENT, DISTINCT, FIRST_SEEN, NUMBER, RESET, Op
-from gateway.velocity.window import (
+from state.ops import ABSENT, DISTINCT, FIRST_SEEN, NUMBER, RESET, Op
+from state.window import (
     RETENTION_MS,
     SUM_SCALE,
     bucket_ms,

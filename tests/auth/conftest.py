@@ -12,7 +12,7 @@ import pytest
 
 from auth.credentials import CredentialStore
 from auth.keys import MasterKey
-from gateway.state.memory import MemoryBackend
+from state.memory import MemoryBackend
 
 # Secret values the tests handle (HMAC secrets, TOTP seeds, OTP codes...). The session watch
 # below fails the suite if any of them ever appears in a log record.

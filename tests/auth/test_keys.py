@@ -6,7 +6,7 @@ import pytest
 from auth.credentials import CredentialStore
 from auth.errors import MasterKeyError
 from auth.keys import ENV_VAR, MasterKey, SealError, generate_master_key, load_master_key
-from gateway.state.memory import MemoryBackend
+from state.memory import MemoryBackend
 
 
 def test_env_key_loads_and_round_trips():

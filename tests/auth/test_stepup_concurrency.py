@@ -7,7 +7,7 @@ from auth.credentials import CredentialStore
 from auth.errors import AuthError
 from auth.keys import MasterKey
 from auth.stepup import StepUp, request_hash
-from gateway.state.redis import RedisBackend
+from state.redis import RedisBackend
 
 SECRET = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
 TX = {"user_id": "alice", "amount": 150, "currency": "EUR", "payee": "DE02"}

@@ -27,7 +27,7 @@ from auth.signatures import SignatureVerifier, content_digest
 from gateway.config import parse_config
 from gateway.currencies import ISO_4217
 from gateway.errors import InvalidRequest
-from gateway.state.memory import MemoryBackend
+from state.memory import MemoryBackend
 from gateway.transaction import TransactionExtractor
 from rules import Decision, RuleLoadError, load_rules
 from tests.hardening.conftest import FUZZ_EXAMPLES

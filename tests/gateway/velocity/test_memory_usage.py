@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.state import create_backend
+from state import create_backend
 from gateway.velocity import Velocity
 from tests.gateway.velocity.helpers import spec
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from gateway.config import MAX_AMOUNT_LIMIT as MAX_AMOUNT
 from gateway.velocity import Velocity
-from gateway.velocity.window import NUMBER_CAP, SUM_SCALE, scaled_amount
+from state.window import NUMBER_CAP, SUM_SCALE, scaled_amount
 from tests.gateway.velocity.helpers import spec
 
 BOUNDARY = [0, 0.0001, 1, 10_000_000_000, MAX_AMOUNT, MAX_AMOUNT - 0.0001, NUMBER_CAP / SUM_SCALE,

@@ -11,10 +11,10 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.state.memory import MemoryBackend
+from state.memory import MemoryBackend
 from gateway.velocity import Velocity
-from gateway.velocity import memory as memory_executor
-from gateway.velocity.window import bucket_ms
+from state import memory as memory_executor
+from state.window import bucket_ms
 from tests.gateway.velocity.helpers import run_now, spec
 
 events = st.lists(

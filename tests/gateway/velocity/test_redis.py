@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from gateway.state import StateError, create_backend
+from state import StateError, create_backend
 from gateway.velocity import Velocity
-from gateway.velocity.window import DISTINCT_CAP
+from state.window import DISTINCT_CAP
 from tests.gateway.velocity.helpers import spec
 
 COUNTERS = [

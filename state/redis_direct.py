@@ -10,11 +10,9 @@ send and a read. The caller bounds the whole call with one ``asyncio.timeout``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from hiredis import pack_command
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
 
 class DirectLane:
@@ -63,13 +61,6 @@ class DirectLane:
 
     async def eval(self, script: str, numkeys: int, *keys_and_args) -> object:
         return await self.execute("EVAL", script, numkeys, *keys_and_args)
-
-    async def script(self, text: str | bytes, sha: str, keys: Sequence, args: Sequence) -> object:
-        """EVALSHA, and EVAL when the server lost its script cache (NOSCRIPT)."""
-        try:
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await self.execute("EVAL", text, len(keys), *keys, *args)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from gateway.state import create_backend
-from gateway.state.memory import MemoryBackend
+from state import create_backend
+from state.memory import MemoryBackend
 from tests.fixtures.redis import BackendFactory
 
 

@@ -12,28 +12,13 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
-from gateway.state.base import StateBackend, StateError
-from gateway.state.redis_direct import DirectLane
-from gateway.velocity import redis as velocity_script
-from gateway.velocity.ops import Batch, Trip
+from state import velocity_script
+from state.base import StateBackend, StateError
+from state.ops import Batch, Trip
+from state.redis_direct import DirectLane
+from state.scripts import ADVANCE, INCR, Script
 
 T = TypeVar("T")
-
-# Atomic "store if greater": GET + compare + SET must not interleave with another gateway.
-_ADVANCE = """
-local current = redis.call('GET', KEYS[1])
-if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# INCR and the first increment's TTL together, so a key can never be left without expiry.
-_INCR = """
-local value = redis.call('INCR', KEYS[1])
-if value == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return value
-"""
-
 
 # Per node; more concurrent commands wait for a free connection (see _call).
 MAX_CONNECTIONS = 64
@@ -65,8 +50,6 @@ class RedisBackend(StateBackend):
             self._client = RedisCluster.from_url(url, **options)
         else:
             self._client = Redis.from_url(url, **options)
-        self._advance = self._client.register_script(_ADVANCE)
-        self._incr = self._client.register_script(_INCR)
         # redis-py raises MaxConnectionsError when its pool is exhausted; a burst should queue
         # for a connection instead (for at most timeout_ms), so calls take a slot first.
         self._slots = asyncio.Semaphore(max_connections)
@@ -140,11 +123,10 @@ class RedisBackend(StateBackend):
             return self._direct(operation, lambda: self._lane.execute(*command))
         return self._call(operation, call)
 
-    def _script(self, operation: str, script, keys: list, args: list):
+    def _script(self, operation: str, script: Script, keys: list, args: list):
         if self._lane is not None:
-            return self._direct(operation, lambda: self._lane.script(
-                script.script, script.sha, keys, args))
-        return self._call(operation, lambda: script(keys=keys, args=args))
+            return self._direct(operation, lambda: script.run(self._lane, keys, args))
+        return self._call(operation, lambda: script.run(self._client, keys, args))
 
     async def ping(self) -> None:
         await self._command("ping", ("PING",), self._client.ping)
@@ -170,10 +152,10 @@ class RedisBackend(StateBackend):
         await self._command("delete", ("DEL", key), lambda: self._client.delete(key))
 
     async def incr(self, key: str, ttl_s: float) -> int:
-        return int(await self._script("incr", self._incr, [key], [_ms(ttl_s)]))
+        return int(await self._script("incr", INCR, [key], [_ms(ttl_s)]))
 
     async def advance(self, key: str, value: int, ttl_s: float) -> bool:
-        return bool(await self._script("advance", self._advance, [key], [int(value), _ms(ttl_s)]))
+        return bool(await self._script("advance", ADVANCE, [key], [int(value), _ms(ttl_s)]))
 
     async def hset(self, key: str, field: str, value: bytes) -> None:
         await self._command("hset", ("HSET", key, field, value),

@@ -1,12 +1,21 @@
-"""The velocity Lua script (kept as a string so that it ships inside any wheel or zipapp).
+"""The velocity Lua script (a string, so that it ships inside any wheel or zipapp), the layout
+of its KEYS and ARGV, and the parsing of its answer.
 
 ``memory.py`` implements the same semantics in Python; change both together. The behaviour
 suite in tests/gateway/velocity runs against both and against a real cluster.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from state.ops import Batch, Trip
+from state.scripts import Script
+from state.window import DISTINCT_CAP, NUMBER_CAP
+
 LUA = r"""
 -- txgate velocity: single-use claims, then counters of one or more batches, atomically.
--- gateway/velocity/memory.py implements the same semantics in Python; keep the two in step.
+-- state/memory.py implements the same semantics in Python; keep the two in step.
 --
 -- KEYS: the claim keys, then per batch [marker,] one key per op.
 -- ARGV[1] number of claims C, ARGV[2 .. C+1] their TTLs (ms); then per batch: marker mode
@@ -149,3 +158,72 @@ while a < #ARGV do
 end
 return out
 """
+
+VELOCITY = Script(LUA.replace("__DISTINCT_CAP__", str(DISTINCT_CAP))
+                  .replace("__NUMBER_CAP__", str(NUMBER_CAP)))
+_MODE = {(False, False): "0", (True, False): "1", (True, True): "2"}
+
+
+def script_call(claims: Sequence[tuple[str, int]], batches: Sequence[Batch]
+                ) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV for claims (key, ttl ms) and batches, in the layout ``script.py`` reads."""
+    keys = [key for key, _ in claims]
+    args: list[str | int] = [len(claims), *(ttl for _, ttl in claims)]
+    for batch in batches:
+        has_marker = batch.marker is not None
+        args += [_MODE[has_marker, batch.undo and has_marker], batch.marker_ttl_ms,
+                 len(batch.ops)]
+        if has_marker:
+            keys.append(batch.marker)
+        for op in batch.ops:
+            keys.append(op.key)
+            args += [op.kind, "1" if op.update else "0", op.value,
+                     op.window_ms, op.bucket_ms, op.ttl_ms]
+    return keys, args
+
+
+def parse(raw: Sequence, batches: Sequence[Batch]) -> Trip:
+    values = [int(v) for v in raw]
+    if not values[0]:
+        return Trip(False, values[1], (), ())
+    applied, results, at = [], [], 2
+    for batch in batches:
+        applied.append(bool(values[at]))
+        results.append(tuple(values[at + 1:at + 1 + len(batch.ops)]))
+        at += 1 + len(batch.ops)
+    return Trip(True, values[1], tuple(applied), tuple(results))
+
+
+def merge(batches: Sequence[Batch]) -> tuple[list[Batch], list[tuple[int, int, int]]]:
+    """For a single server: one batch per kind of marker (``e:``, ``a:``, none) instead of one
+    per entity, and where each original batch's results lie in the merged ones.
+
+    On one server all markers of a kind are set or unset together (the call is atomic), so the
+    first one decides for all: fewer keys and arguments, the same semantics.
+    """
+    merged: dict[tuple, list] = {}
+    where = []
+    for batch in batches:
+        kind = (None if batch.marker is None else batch.marker.rsplit("}", 1)[1], batch.undo)
+        first, ops = merged.setdefault(kind, [batch, []])
+        where.append((list(merged).index(kind), len(ops), len(batch.ops)))
+        ops.extend(batch.ops)
+    out = [Batch(first.marker, first.marker_ttl_ms, tuple(ops), first.undo)
+           for first, ops in merged.values()]
+    return out, where
+
+
+async def run_merged(client, claims: Sequence[tuple[str, int]], batches: Sequence[Batch]) -> Trip:
+    """``run`` with the batches merged per marker kind (single server only)."""
+    merged, where = merge(batches)
+    trip = await run(client, claims, merged)
+    if not trip.fresh:
+        return trip
+    return Trip(True, trip.now_ms, tuple(trip.applied[m] for m, _, _ in where),
+                tuple(trip.results[m][start:start + n] for m, start, n in where))
+
+
+async def run(client, claims: Sequence[tuple[str, int]], batches: Sequence[Batch]) -> Trip:
+    """Run claims and batches in one script call on ``client``; errors propagate."""
+    keys, args = script_call(claims, batches)
+    return parse(await VELOCITY.run(client, keys, args), batches)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gateway.state import StateError, create_backend
+from state import StateError, create_backend
 
 OPERATIONS = [
     ("ping", lambda b: b.ping()),
@@ -75,7 +75,7 @@ def test_cluster_unreachable_is_a_state_error():
 
 
 def test_factory_rejects_bad_configuration():
-    from gateway.state.memory import MemoryBackend
+    from state.memory import MemoryBackend
     assert isinstance(create_backend("memory", None, False, 100), MemoryBackend)
     with pytest.raises(ValueError):
         create_backend("redis", None, False, 100)

@@ -1,7 +1,7 @@
 """The state backend interface: every piece of shared state txgate keeps goes through it.
 
 Two implementations (``memory`` for one process, ``redis`` for a fleet) must behave the same;
-one behaviour suite in ``tests/gateway/state`` runs against both. Keys that belong to one
+one behaviour suite in ``tests/state`` runs against both. Keys that belong to one
 entity carry a Redis Cluster hash tag (``{u:alice}:...``) chosen by the caller, so that a
 multi-key operation on one entity stays in one slot.
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.velocity.ops import Batch, Trip
+    from state.ops import Batch, Trip
 
 
 class StateError(Exception):
@@ -86,7 +86,7 @@ class StateBackend(ABC):
         """Apply each batch of counter operations atomically; one result list per batch.
 
         Each batch holds the keys of one entity (one hash tag), so a cluster may run the
-        batches on different nodes concurrently; ``gateway.velocity`` defines the semantics.
+        batches on different nodes concurrently; ``state.velocity_script`` defines the semantics.
         """
         return [list(r) for r in (await self.trip((), batches)).results]
 

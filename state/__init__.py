@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.state.base import StateBackend, StateError
-from gateway.state.memory import MemoryBackend
+from state.base import StateBackend, StateError
+from state.memory import MemoryBackend
 
 __all__ = ["MemoryBackend", "StateBackend", "StateError", "create_backend"]
 
@@ -17,7 +17,7 @@ def create_backend(backend: str, url: str | None = None, cluster: bool = False,
         if not url:
             raise ValueError("the redis state backend needs a url")
         # Imported here so that a memory-only deployment never loads the redis client.
-        from gateway.state.redis import RedisBackend
+        from state.redis import RedisBackend
 
         return RedisBackend(url, cluster=cluster, timeout_ms=timeout_ms)
     raise ValueError(f"unknown state backend {backend!r} (expected memory or redis)")

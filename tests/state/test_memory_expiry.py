@@ -2,7 +2,7 @@
 
 import asyncio
 
-from gateway.state.memory import MemoryBackend
+from state.memory import MemoryBackend
 from tests.fixtures.redis import Clock
 
 
