@@ -27,27 +27,13 @@ import base64
 import time
 from typing import Callable, Mapping
 
-from auth.challenges import Challenge, ChallengeStore, request_hash  # noqa: F401 (re-export)
+from auth.challenges import Challenge, ChallengeStore
 from auth.credentials import CredentialStore
 from auth.devices import decode_signature, signing_payload
 from auth.errors import AuthError
+from auth.tiers import H_CHALLENGE, H_DEVICE_ID, H_DEVICE_SIGNATURE, H_OTP, tier_rank
 from auth.totp import Totp
 from state.base import StateBackend
-
-TIERS = ("client", "otp", "device")
-_RANK = {tier: rank for rank, tier in enumerate(TIERS)}
-H_CHALLENGE = "Txgate-Challenge"
-H_OTP = "Txgate-OTP"
-H_DEVICE_SIGNATURE = "Txgate-Device-Signature"
-H_DEVICE_ID = "Txgate-Device-Id"
-
-
-def tier_rank(tier: str) -> int:
-    """Position of ``tier`` in client < otp < device; ValueError for anything else."""
-    try:
-        return _RANK[tier]
-    except KeyError:
-        raise ValueError(f"unknown tier {tier!r}") from None
 
 
 def _get(headers: Mapping[str, str], name: str) -> str | None:

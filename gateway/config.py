@@ -16,16 +16,13 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-TIERS = ("client", "otp", "device")
+from auth.tiers import TIERS
+from rules import TYPE_KIND
+
 # The highest limits.max_amount: one such amount, in the counters' units of 1e-4, stays below
 # state.window.NUMBER_CAP (2**52), so every increment is exact.
 MAX_AMOUNT_LIMIT = 100_000_000_000
-FIELD_TYPES = ("string", "integer", "number", "boolean")
 _SOURCE = re.compile(r"^(?:json:\$(?:\.[A-Za-z_][\w-]*|\[\d+\])+|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|principal)$")
-
-
-# What the rules can tell apart: integers and numbers compare alike.
-_RULE_KIND = {"string": "string", "integer": "number", "number": "number", "boolean": "boolean"}
 
 
 class ConfigError(Exception):
@@ -196,7 +193,7 @@ class RouteConfig(_Strict):
     match: MatchConfig
     upstream: str
     transaction: dict[str, FieldSpec] | None = None
-    min_tier: Literal["client", "otp", "device"] = "client"
+    min_tier: Literal[TIERS] = "client"
     # An https:// upstream is verified against the system CAs, or against this CA bundle.
     upstream_ca_file: str | None = None
     on_state_error: Literal["fail_closed", "fail_open", "local"] = "fail_closed"
@@ -271,7 +268,7 @@ class Config(_Strict):
         kinds: dict[str, tuple[str, str]] = {}
         for route in routes:
             for name, spec in (route.transaction or {}).items():
-                kind = _RULE_KIND.get(spec.type or ("number" if name == "amount" else "string"))
+                kind = TYPE_KIND[spec.type or ("amount" if name == "amount" else "string")]
                 first = kinds.setdefault(name, (kind, route.name))
                 if first[0] != kind:
                     raise ValueError(f"attribute {name!r} is a {kind} in route {route.name!r} "

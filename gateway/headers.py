@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+from auth.tiers import STEP_UP_HEADERS
 from gateway.errors import InvalidRequest
 
 REFUSED = frozenset({
@@ -40,10 +41,8 @@ DROPPED = frozenset({
 SET = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
 
 # Read for every decision; a route adds the headers its transaction block reads.
-READ = frozenset({
-    "host", "content-type", "content-encoding", "content-length", "transfer-encoding",
-    "txgate-challenge", "txgate-otp", "txgate-device-signature", "txgate-device-id",
-})
+READ = frozenset({"host", "content-type", "content-encoding", "content-length",
+                  "transfer-encoding", *(name.lower() for name in STEP_UP_HEADERS)})
 
 
 class HeaderPolicy:

@@ -25,7 +25,8 @@ import aiohttp
 from aiohttp import web
 
 from auth.errors import AuthError, invalid_signature
-from auth.stepup import request_hash
+from auth.challenges import request_hash
+from auth.tiers import H_CHALLENGE, tier_rank
 from gateway.body import read_body
 from gateway.errors import GatewayError, StateUnavailable
 from gateway.exchange import Exchange
@@ -37,7 +38,6 @@ from state.base import StateError
 from metrics.definitions import FAIL_OPEN, STATE_ERRORS, UPSTREAM_DURATION, UPSTREAM_ERRORS
 
 log = logging.getLogger("txgate.pipeline")
-_TIER_RANK = {"client": 0, "otp": 1, "device": 2}
 _NO_ROUTE = GatewayError(404, "no_route", "no route matches this request")
 _INTERNAL = GatewayError(500, "internal_error", "the gateway failed; the request was not forwarded")
 
@@ -161,7 +161,7 @@ class Pipeline:
         """Identifies a transaction across its step-up repeat, so that it is counted once: a
         repeat takes the event id stored with the challenge it answers (server-side, never
         chosen by the client, and only for the exact request it was issued for)."""
-        if "Txgate-Challenge" in ex.request.headers:
+        if H_CHALLENGE in ex.request.headers:
             try:
                 known = await self.s.stepup.event_of(ex.transaction.get("user_id"),
                                                      ex.request.headers, _request_hash(ex))
@@ -189,14 +189,14 @@ class Pipeline:
         _refuse_denied(ex)
         required = ex.route.config.min_tier
         wanted = ex.decision.required_tier
-        if wanted and _TIER_RANK[wanted] > _TIER_RANK[required]:
+        if wanted and tier_rank(wanted) > tier_rank(required):
             required = wanted
-        if "Txgate-Challenge" in ex.request.headers:
+        if H_CHALLENGE in ex.request.headers:
             # An answer is always verified, and its challenge used up, even when the rules no
             # longer ask for one: the challenge made this request count as its transaction's
             # repeat, so it must not be reusable.
-            required = max(required, "otp", key=_TIER_RANK.__getitem__)
-        elif _TIER_RANK[required] <= _TIER_RANK[ex.tier]:
+            required = max(required, "otp", key=tier_rank)
+        elif tier_rank(required) <= tier_rank(ex.tier):
             return
         tier = await self._check(ex, required, ex.request.headers)
         if tier != ex.tier:
@@ -206,7 +206,7 @@ class Pipeline:
             self.decide(ex)
             _refuse_denied(ex)
             wanted = ex.decision.required_tier
-            if wanted and _TIER_RANK[wanted] > _TIER_RANK[tier]:
+            if wanted and tier_rank(wanted) > tier_rank(tier):
                 await self._check(ex, wanted, {})
 
     async def _check(self, ex: Exchange, required: str, headers) -> str:
@@ -220,7 +220,7 @@ class Pipeline:
 
     async def require_tier(self, ex: Exchange, min_tier: str) -> None:
         # Pass-through routes have no transaction and no user: only the client tier exists.
-        if _TIER_RANK[min_tier] > _TIER_RANK[ex.tier]:
+        if tier_rank(min_tier) > tier_rank(ex.tier):
             raise GatewayError(403, "insufficient_tier", "this route needs a user tier")
 
     async def forward(self, ex: Exchange) -> web.StreamResponse:

@@ -8,10 +8,9 @@ import time
 from auth.errors import AuthError
 from state.base import StateError
 from metrics.definitions import (AUTH_FAILURES, BAD_REQUESTS, OVERHEAD, REQUESTS, RISK_SCORE,
-                                 RULE_HITS, STATE_ERRORS)
+                                 RULE_HITS, STATE_ERRORS, UNMATCHED_ROUTE)
 
 log = logging.getLogger("txgate.record")
-_UNMATCHED = "_unmatched"   # the one route label for requests that matched no route
 # A challenge, a locked user and a user with nothing enrolled are all "the rules wanted more".
 _STEP_UP_CODES = frozenset({"insufficient_user_authentication", "user_locked", "enrollment_required",
                             "too_many_attempts"})
@@ -32,12 +31,11 @@ def outcome(ex) -> str:
 
 
 class Recorder:
-    def __init__(self, decision_log, velocity_for):
+    def __init__(self, decision_log):
         self._log = decision_log
-        self._velocity_for = velocity_for
 
     def record(self, ex) -> None:
-        route = ex.route.name if ex.route is not None else _UNMATCHED
+        route = ex.route.name if ex.route is not None else UNMATCHED_ROUTE
         decided = outcome(ex)
         REQUESTS.labels(route, decided).inc()
         if decided == "error" and ex.error is not None:

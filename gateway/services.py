@@ -55,7 +55,7 @@ class Services:
         self.rulebook.listeners.append(self._rebuild_velocity)
         self.forwarder = Forwarder(config.limits.upstream_timeout_s)
         self.decision_log = DecisionLog(self._sinks(), config.decision_log.queue_size)
-        self.recorder = Recorder(self.decision_log, self.velocity_for)
+        self.recorder = Recorder(self.decision_log)
         precreate({route.name: route.on_state_error for route in config.routes})
 
     def _sinks(self) -> list:

@@ -17,15 +17,12 @@ from gateway.canonical import check_media_type, parse_json, single
 from gateway.config import FieldSpec, RouteConfig
 from gateway.currencies import ISO_4217, minor_units
 from gateway.errors import InvalidRequest
-from rules.engine import MAX_NUMBER
-from rules.ruleset import MAX_STRING
+from rules import MAX_NUMBER, MAX_STRING, TYPE_KIND
 
 _MISSING = object()
 _PATH_STEP = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]")
 # Types by attribute name when the long form does not say (interface §3).
 _NAMED_TYPES = {"amount": "amount", "currency": "currency"}
-RULE_TYPES = {"amount": "number", "currency": "string", "string": "string",
-              "integer": "integer", "number": "number", "boolean": "boolean"}
 
 
 def _json_path(source: str) -> tuple:
@@ -137,7 +134,7 @@ class TransactionExtractor:
     def __init__(self, route: RouteConfig, max_amount: float):
         self.fields = tuple(_field(n, s) for n, s in (route.transaction or {}).items())
         self.needs_json = any(f.kind == "json" for f in self.fields)
-        self.attribute_types = {f.name: RULE_TYPES[f.type] for f in self.fields}
+        self.attribute_types = {f.name: TYPE_KIND[f.type] for f in self.fields}
         self.headers = tuple(f.where for f in self.fields if f.kind == "header")
         self._amounts = tuple(f.name for f in self.fields if f.type == "amount")
         self._max_amount = max_amount

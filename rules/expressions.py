@@ -134,7 +134,6 @@ def walk(node: Expr):
 class _Builder:
     def __init__(self, lists: dict[str, list]):
         self.lists = lists
-        self.lists_used: set[str] = set()
 
     def fail(self, node: ast.AST, msg: str) -> ExpressionError:
         return ExpressionError(f"{msg} (column {getattr(node, 'col_offset', 0) + 1})")
@@ -204,7 +203,6 @@ class _Builder:
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                 and node.value.id == "lists"):
             name = node.attr
-            self.lists_used.add(name)
             if name not in self.lists:
                 raise self.fail(node, f"list 'lists.{name}' is not declared under lists:")
             return tuple(_literal_value(v) for v in self.lists[name]), name
@@ -320,8 +318,8 @@ def _describe(node: ast.AST) -> str:
     return type(node).__name__.lower()
 
 
-def parse_when(text: str, lists: dict[str, list]) -> tuple[Expr, set[str]]:
-    """Parse one `when`; return its IR and the names of the lists it uses."""
+def parse_when(text: str, lists: dict[str, list]) -> Expr:
+    """Parse one `when` into its IR; ExpressionError naming the column otherwise."""
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError("'when' must be a non-empty string")
     try:
@@ -336,4 +334,4 @@ def parse_when(text: str, lists: dict[str, list]) -> tuple[Expr, set[str]]:
         hint = "; write regex patterns as raw strings: r\"...\"" if "escape" in str(e.msg) else ""
         raise ExpressionError(f"syntax error: {e.msg} (column {e.offset or 0}){hint}") from None
     b = _Builder(lists)
-    return b.expr(tree.body), b.lists_used
+    return b.expr(tree.body)

@@ -10,7 +10,9 @@ from rules.expressions import And, Arith, Attr, Compare, Exists, Expr, In, Lit, 
 
 BUILTINS = {"route": "string", "method": "string", "client_id": "string", "tier": "string",
             "ip": "string", "channel": "string", "hour": "number"}
-TYPE_KIND = {"string": "string", "integer": "number", "number": "number", "boolean": "boolean"}
+# A transaction field's declared type (gateway config) -> the kind rules compare it as.
+TYPE_KIND = {"amount": "number", "currency": "string", "string": "string", "integer": "number",
+             "number": "number", "boolean": "boolean"}
 
 
 def literal_kind(value) -> str:

@@ -315,7 +315,7 @@ def _read_rule(load: _Load, item: LineDict, file: str, seen_ids: dict):
         bad("id", "rule needs when:")
     else:
         try:
-            expr, _ = parse_when(item["when"], load.lists)
+            expr = parse_when(item["when"], load.lists)
         except ExpressionError as e:
             bad("when", f"bad when: {e}")
     if not ok:

@@ -11,7 +11,8 @@ from multidict import CIMultiDict
 
 from auth.errors import AuthError
 from auth.signatures import SignatureVerifier
-from auth.stepup import StepUp, request_hash
+from auth.challenges import request_hash
+from auth.stepup import StepUp
 from tests.auth.conftest import need_tool, remember
 from tests.auth.keyutil import openssl_key
 

@@ -10,7 +10,8 @@ from multidict import CIMultiDict
 
 from auth.errors import AuthError, CredentialError
 from auth.signatures import SignatureVerifier
-from auth.stepup import StepUp, request_hash
+from auth.challenges import request_hash
+from auth.stepup import StepUp
 from tests.auth.conftest import remember
 
 run = asyncio.run

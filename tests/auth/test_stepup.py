@@ -8,7 +8,8 @@ import pytest
 
 from auth.devices import signing_payload
 from auth.errors import AuthError
-from auth.stepup import StepUp, request_hash
+from auth.challenges import request_hash
+from auth.stepup import StepUp
 from tests.auth.conftest import need_tool, openssl, remember
 from tests.auth.keyutil import openssl_key
 

@@ -6,7 +6,8 @@ import asyncio
 from auth.credentials import CredentialStore
 from auth.errors import AuthError
 from auth.keys import MasterKey
-from auth.stepup import StepUp, request_hash
+from auth.challenges import request_hash
+from auth.stepup import StepUp
 from state.redis import RedisBackend
 
 SECRET = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
