@@ -1,6 +1,6 @@
 """RFC 9421 HTTP Message Signatures: who signed this request?
 
-Policy (interface §5): the covered components must include ``"@method"``, the target
+Policy (docs/protocol.md, client signatures): the covered components must include ``"@method"``, the target
 (``"@target-uri"``, or ``"@authority"`` with ``"@path"`` or ``"@request-target"``) and, when
 the request has a body, ``"content-digest"`` (RFC 9530 ``sha-256``/``sha-512``, checked against
 the body). We are stricter than the contract in one place: when the target has a query string
@@ -15,18 +15,20 @@ first one whose parameters satisfy the policy is verified; its result is the ans
 fall through to another label after a cryptographic failure). When none satisfies the policy,
 the first one's policy failure is reported.
 
-Single use: ``check`` does the pure work (parsing, digest, cryptography) and reads the key;
-``claim`` then marks the signature (a hash of its bytes) and the nonce, when there is one,
-as used for twice the skew window, the longest time a signature can stay acceptable.
-``verify`` does both, claims only after the cryptography passed (so forged requests cannot burn
-a client's nonces), and is what the pipeline calls; a caller that wants to batch the claims
-into a later state round trip can call ``check`` and ``claim`` itself.
+Single use: ``check`` does the pure work (parsing, digest, cryptography) and reads the key; it
+returns the claims — a hash of the signature bytes and the nonce, when there is one, each to be
+kept for twice the skew window, the longest a signature can stay acceptable — which the
+pipeline sends in the request's one state round trip, only after the cryptography passed (so
+forged requests cannot burn a client's nonces).
+
+TLS: with ``tls.client_ca_file``, a request without ``Signature-Input`` on a connection whose
+verified certificate names an active registered client proves the client tier that way; the
+gateway passes that client id to ``check`` (docs/security.md, "Mutual TLS").
 """
 
 from __future__ import annotations
 
 import base64
-import contextvars
 import hashlib
 import hmac
 import re
@@ -40,7 +42,6 @@ import http_sfv
 from auth import sfv
 from auth.credentials import ClientKey, CredentialStore
 from auth.errors import AuthError, invalid_signature
-from state.base import StateBackend
 
 _ALGS = {"hmac-sha256": "hmac", "ed25519": "ed25519"}
 _DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
@@ -55,12 +56,13 @@ _HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:]*)(?::(\d*))?")
 
 @dataclass(frozen=True, slots=True)
 class VerifiedSignature:
-    """A signature that passed every stateless check; ``claims`` are (state key, ttl) pairs that
-    must all be claimed for the first time before the request is accepted."""
+    """A signature that passed every stateless check; ``claims`` are (state key, ttl ms) pairs
+    that must all be claimed for the first time before the request is accepted (the pipeline
+    sends them in the request's one state round trip)."""
 
     client_id: str
     label: str
-    claims: tuple[tuple[str, float], ...]
+    claims: tuple[tuple[str, int], ...]
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -185,34 +187,29 @@ def _check_digest(headers: Mapping[str, str], body: bytes) -> None:
 
 
 class SignatureVerifier:
-    """Verifies RFC 9421 request signatures against the credential store."""
+    """Who is calling: an RFC 9421 signature of a registered client, or else a verified TLS
+    client certificate naming one (``tls.client_ca_file``)."""
 
-    def __init__(self, store: CredentialStore, state: StateBackend, max_skew_s: int = 300,
-                 clock=time.time):
+    def __init__(self, store: CredentialStore, max_skew_s: int = 300, clock=time.time):
         self._store = store
-        self._state = state
         self._skew = max_skew_s
         self._clock = clock
         # A signature is acceptable while |now - created| <= skew: at most 2*skew seconds.
-        self._claim_ttl = 2 * max_skew_s + 1
+        self._claim_ttl_ms = (2 * max_skew_s + 1) * 1000
 
-    async def verify(self, method: str, url: str, headers: Mapping[str, str],
-                     body: bytes) -> str:
-        """The id of the client that signed the request; AuthError(401, invalid_signature)."""
-        checked = await self.check(method, url, headers, body)
-        await self.claim(checked)
-        return checked.client_id
-
-    async def claim(self, checked: VerifiedSignature) -> None:
-        """Mark the signature and nonce used; AuthError(401, invalid_signature, replay)."""
-        for key, ttl in checked.claims:
-            if not await self._state.claim(key, ttl):
-                raise invalid_signature("replay")
-
-    async def check(self, method: str, url: str, headers: Mapping[str, str],
-                    body: bytes) -> VerifiedSignature:
-        """Every check that needs no state write: parameters, digest, signature."""
+    async def check(self, method: str, url: str, headers: Mapping[str, str], body: bytes,
+                    tls_client: str | None = None) -> VerifiedSignature:
+        """Every check that needs no state write: parameters, digest, signature; raises
+        AuthError(401, invalid_signature). ``tls_client`` is the client a verified certificate
+        of the connection names (``client_id_from_certificate``), None without one."""
         sig_input = _header(headers, "signature-input")
+        if tls_client is not None and sig_input is None:
+            # RFC 9421 wins whenever it is present. A certificate alone proves the client tier
+            # only for an active registered client (revoking the client revokes it); TLS binds
+            # the request to the connection, so there is nothing to claim.
+            if await self._store.client_key(tls_client) is None:
+                raise invalid_signature("unknown_certificate_client")
+            return VerifiedSignature(tls_client, "tls", ())
         sig_header = _header(headers, "signature")
         if not sig_input or not sig_header:
             raise invalid_signature("missing_signature")
@@ -302,17 +299,13 @@ class SignatureVerifier:
             raise invalid_signature("bad_signature")
 
         tag = f"{{c:{keyid}}}"
-        claims = [(f"{tag}:sig:{hashlib.sha256(signature).hexdigest()[:32]}", self._claim_ttl)]
+        claims = [(f"{tag}:sig:{hashlib.sha256(signature).hexdigest()[:32]}", self._claim_ttl_ms)]
         if nonce is not None:
             claims.append((f"{tag}:nonce:{hashlib.sha256(nonce.encode()).hexdigest()[:32]}",
-                           self._claim_ttl))
+                           self._claim_ttl_ms))
         return VerifiedSignature(keyid, label, tuple(claims))
 
 
-# The client id named by the verified TLS client certificate of the connection the current
-# request arrived on (set by gateway.server per request; None without one).
-TLS_CLIENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("txgate_tls_client",
-                                                                      default=None)
 _URI_PREFIX = "txgate:client:"
 
 
@@ -329,31 +322,6 @@ def client_id_from_certificate(peercert: dict | None) -> str | None:
             if name == "commonName":
                 return value
     return None
-
-
-class TlsClientVerifier:
-    """RFC 9421 first; without a ``Signature-Input`` header, a verified TLS client certificate
-    naming an active registered client proves the client tier instead.
-
-    TLS already binds the request to the connection (no replay of captured bytes, body
-    integrity), so no per-request claim is made. Revoking the client in the credential store
-    revokes the certificate's access too, within the store's key cache time.
-    """
-
-    def __init__(self, signatures: SignatureVerifier, store: CredentialStore):
-        self._signatures = signatures
-        self._store = store
-
-    async def check(self, method: str, url: str, headers: Mapping[str, str],
-                    body: bytes) -> VerifiedSignature:
-        """As SignatureVerifier.check (the pipeline's one call; the claims ride on its state
-        round trip); a certificate's answer has nothing to claim."""
-        client_id = TLS_CLIENT.get()
-        if client_id is None or _header(headers, "signature-input") is not None:
-            return await self._signatures.check(method, url, headers, body)
-        if await self._store.client_key(client_id) is None:
-            raise invalid_signature("unknown_certificate_client")
-        return VerifiedSignature(client_id, "tls", ())
 
 
 def content_digest(body: bytes, algorithm: str = "sha-256") -> str:

@@ -13,6 +13,7 @@ class Exchange:
     request: web.Request
     request_id: str
     started: float                       # perf_counter at arrival
+    side: Any                            # gateway.sides: where this request's state goes
     route: Any = None                    # gateway.routing.Route
     body: bytes = b""
     client_id: str | None = None
@@ -21,7 +22,6 @@ class Exchange:
     transaction: dict = field(default_factory=dict)
     normalized: dict = field(default_factory=dict)  # field -> value as sent, when normalized
     attrs: dict = field(default_factory=dict)      # everything the rules see
-    features: dict = field(default_factory=dict)   # counter values
     event_id: str | None = None
     request_hash: bytes | None = None    # binds challenges to method, target and body
     claims: tuple = ()                   # (state key, ttl ms) the signature must claim once
@@ -29,7 +29,6 @@ class Exchange:
     velocity: Any = None                 # the Velocity that observation came from
     rules: Any = None                    # the RuleSet pinned for this request
     decision: Any = None                 # rules.Decision
-    degraded: str | None = None          # "fail_open" | "local" when the store failed
     error: Exception | None = None
     forwarded: bool = False
     upstream_status: int | None = None

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.config import RouteConfig
 from gateway.errors import GatewayError
 from gateway.headers import DROPPED
 
@@ -78,12 +79,14 @@ def downstream_headers(upstream: Mapping[str, str]) -> CIMultiDict:
 class Forwarder:
     """One per process: owns the pooled ClientSession."""
 
-    def __init__(self, timeout_s: float):
+    def __init__(self, timeout_s: float, routes: Iterable[RouteConfig] = ()):
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
         # Route upstream URL -> context verifying it against that route's own CA bundle;
         # every other https upstream is verified against the system CAs (aiohttp's default).
-        self.tls_contexts: dict[str, ssl.SSLContext] = {}
+        self.tls_contexts: dict[str, ssl.SSLContext] = {
+            route.upstream: ssl.create_default_context(cafile=route.upstream_ca_file)
+            for route in routes if route.upstream.startswith("https://") and route.upstream_ca_file}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,

@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from auth.errors import AuthError, invalid_signature
+from auth.signatures import client_id_from_certificate
 from auth.challenges import request_hash
 from auth.tiers import H_CHALLENGE, tier_rank
 from gateway.body import read_body
@@ -47,7 +48,7 @@ class Pipeline:
         self.s = services   # gateway.services.Services: everything built once per process
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ex = Exchange(request, uuid.uuid4().hex, time.perf_counter())
+        ex = Exchange(request, uuid.uuid4().hex, time.perf_counter(), self.s.shared_side)
         try:
             check_path(request.raw_path)
             route = ex.route = self.s.router.match(request.method, request.path, request.host)
@@ -87,42 +88,21 @@ class Pipeline:
         the request's one state round trip (``observe``), or on their own for pass-through."""
         req = ex.request
         target = f"{req.scheme}://{req.host}{req.raw_path}"
+        tls_client = _tls_client(req) if self.s.tls_clients else None
         try:
-            checked = await self.s.verifier.check(req.method, target, req.headers, ex.body)
+            checked = await self.s.verifier.check(req.method, target, req.headers, ex.body,
+                                                  tls_client)
         except StateError as exc:
-            # The client's key could not be read: the route's policy decides, and a key this
-            # process still holds (stale-if-error) keeps the request going.
-            self._state_failed(ex, exc)
-            try:
-                checked = await self.s.local_verifier.check(req.method, target, req.headers,
-                                                            ex.body)
-            except StateError:   # the client's key is not known to this process either
-                raise StateUnavailable() from None
+            # The client's key is not known to this process and the store cannot tell it
+            # (keys it knew keep working while the store is down): no policy can serve.
+            STATE_ERRORS.labels(exc.operation).inc()
+            raise StateUnavailable() from None
         ex.client_id = checked.client_id
-        ex.claims = tuple((key, max(1, int(ttl * 1000))) for key, ttl in checked.claims)
+        ex.claims = checked.claims
         ex.tier = "client"
         if ex.route.config.transaction is None:
-            await self._claim_alone(ex)
-
-    async def _claim_alone(self, ex: Exchange) -> None:
-        if await self.s.replay.seen(ex.claims):
-            raise invalid_signature("replay")
-        if ex.degraded is None:
-            try:
-                await self.s.replay.ready()
-                trip = await self.s.state.trip(ex.claims, ())
-            except StateError as exc:
-                self._state_failed(ex, exc)
-            else:
-                if not trip.fresh:
-                    raise invalid_signature("replay")
-        await self._keep_claims(ex)
-
-    async def _keep_claims(self, ex: Exchange) -> None:
-        # Kept in this process as well: while the store is down (fail_open, local) they are
-        # the replay protection, and they are written back to the store when it returns.
-        if not await self.s.replay.keep(ex.claims, store_down=ex.degraded is not None):
-            raise invalid_signature("replay")
+            if not await self._on_side(ex, lambda side: side.claim(ex.claims)):
+                raise invalid_signature("replay")
 
     def extract(self, ex: Exchange) -> None:
         req = ex.request
@@ -132,30 +112,15 @@ class Pipeline:
 
     async def observe(self, ex: Exchange) -> None:
         """ONE state call: the signature's claims, every counter, the provisional on-allow."""
-        velocity = self.s.velocity_for(ex.rules)
+        pair = self.s.velocity_for(ex.rules)
         ex.event_id = await self._event_id(ex)
-        if await self.s.replay.seen(ex.claims):
-            raise invalid_signature("replay")
-        observation = None
-        if ex.degraded is None:
-            try:
-                await self.s.replay.ready()
-                observation = await velocity.shared.observe_once(ex.attrs, ex.event_id,
-                                                                 ex.claims)
-                ex.velocity = velocity.shared
-            except StateError as exc:
-                self._state_failed(ex, exc)
-        if observation is None or observation.fresh:
-            await self._keep_claims(ex)
-        if ex.degraded == "local":   # per-process counters while the store is down
-            observation = await velocity.local.observe_once(ex.attrs, ex.event_id, ())
-            ex.velocity = velocity.local
+        observation = await self._on_side(
+            ex, lambda side: side.observe(pair, ex.attrs, ex.event_id, ex.claims))
         if observation is not None:
             if not observation.fresh:
                 raise invalid_signature("replay")
-            ex.observation = observation
-            ex.features = observation.features
-        ex.attrs.update(ex.features)
+            ex.observation, ex.velocity = observation, ex.side.velocity(pair)
+            ex.attrs.update(observation.features)
 
     async def _event_id(self, ex: Exchange) -> str:
         """Identifies a transaction across its step-up repeat, so that it is counted once: a
@@ -172,15 +137,23 @@ class Pipeline:
                 return known
         return secrets.token_urlsafe(18)
 
-    def _state_failed(self, ex: Exchange, exc: StateError) -> None:
-        """Apply the route's on_state_error policy: the one place it is decided."""
+    async def _on_side(self, ex: Exchange, call):
+        """``call(ex.side)``; when the store fails, once more on the side the route's policy
+        names (``degrade``)."""
+        try:
+            return await call(ex.side)
+        except StateError as exc:
+            self.degrade(ex, exc)
+            return await call(ex.side)
+
+    def degrade(self, ex: Exchange, exc: StateError) -> None:
+        """Apply the route's on_state_error: the one place it is read."""
         STATE_ERRORS.labels(exc.operation).inc()
         policy = ex.route.config.on_state_error
-        if policy == "fail_closed":
+        if policy == "fail_closed" or ex.side.policy is not None:
             raise StateUnavailable() from None
-        if ex.degraded is None:   # counted once per request, however many stages failed
-            FAIL_OPEN.labels(ex.route.name, policy).inc()
-        ex.degraded = policy
+        FAIL_OPEN.labels(ex.route.name, policy).inc()
+        ex.side = self.s.fallback[policy]
 
     def decide(self, ex: Exchange) -> None:
         ex.decision = ex.rules.decide(ex.attrs, ex.route.name)
@@ -268,3 +241,11 @@ def _request_hash(ex: Exchange) -> bytes:
 
 def _score(score: float) -> str:
     return str(int(score)) if float(score).is_integer() else f"{score:.2f}"
+
+
+def _tls_client(request: web.Request) -> str | None:
+    transport = request.transport
+    if transport is None or transport.get_extra_info("ssl_object") is None:
+        return None
+    # getpeercert() is empty unless the certificate verified against client_ca_file.
+    return client_id_from_certificate(transport.get_extra_info("peercert"))

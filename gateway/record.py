@@ -75,8 +75,8 @@ class Recorder:
         }
         if ex.error is not None:
             entry["error"] = ex.error.code
-        if ex.degraded:
-            entry["degraded"] = ex.degraded
+        if ex.side.policy is not None:
+            entry["degraded"] = ex.side.policy
         if ex.normalized:
             entry["normalized"] = ex.normalized
         return entry

@@ -18,7 +18,6 @@ import ssl
 
 from aiohttp import web
 
-from auth.signatures import TLS_CLIENT, TlsClientVerifier, client_id_from_certificate
 from gateway.admin import build_admin_app
 from gateway.config import Config, TlsConfig
 from gateway.errors import GatewayError
@@ -52,15 +51,6 @@ def server_tls_context(tls: TlsConfig) -> ssl.SSLContext:
     return context
 
 
-def upstream_tls_contexts(config: Config) -> dict[str, ssl.SSLContext]:
-    """One verifying context per https upstream that names its own CA bundle."""
-    contexts = {}
-    for route in config.routes:
-        if route.upstream.startswith("https://") and route.upstream_ca_file:
-            contexts[route.upstream] = ssl.create_default_context(cafile=route.upstream_ca_file)
-    return contexts
-
-
 class GatewayServer:
     """One process: builds its services, serves until ``stop()``, then shuts down in order."""
 
@@ -74,12 +64,6 @@ class GatewayServer:
         self._runners: list[web.BaseRunner] = []
         self.ports: dict[str, int] = {}
         self.tls = server_tls_context(config.tls) if config.tls else None
-        self.services.forwarder.tls_contexts = upstream_tls_contexts(config)
-        if config.tls and config.tls.client_ca_file:
-            self.services.verifier = TlsClientVerifier(self.services.verifier,
-                                                       self.services.credentials)
-            self.services.local_verifier = TlsClientVerifier(self.services.local_verifier,
-                                                             self.services.credentials)
 
     async def start(self) -> None:
         await self.services.start()
@@ -115,14 +99,11 @@ class GatewayServer:
         if request.body_exists and not request.content.is_eof():
             timer = asyncio.get_running_loop().call_later(
                 self.config.limits.client_timeout_s, _expire_body, request.content)
-        token = TLS_CLIENT.set(_tls_client(request)) if self.tls is not None else None
         try:
             return await self._pipeline.handle(request)
         finally:
             if timer is not None:
                 timer.cancel()
-            if token is not None:
-                TLS_CLIENT.reset(token)
 
     def reload_tls(self) -> None:
         """Load the certificate and key files again; a bad pair keeps the running one."""
@@ -172,11 +153,3 @@ class GatewayServer:
 def _expire_body(content) -> None:
     if not content.is_eof():
         content.set_exception(ClientTimeout())
-
-
-def _tls_client(request: web.BaseRequest) -> str | None:
-    transport = request.transport
-    if transport is None or transport.get_extra_info("ssl_object") is None:
-        return None
-    # getpeercert() is empty unless the certificate verified against client_ca_file.
-    return client_id_from_certificate(transport.get_extra_info("peercert"))

@@ -14,10 +14,11 @@ from gateway.record import Recorder
 from gateway.replay import ReplayGuard
 from gateway.routing import Router
 from gateway.rulebook import RuleBook
-from state import create_backend
-from state.memory import MemoryBackend
+from gateway.sides import LocalSide, SharedSide
 from gateway.velocity import Velocity
 from metrics.definitions import STEPUP, precreate
+from state import create_backend
+from state.memory import MemoryBackend
 
 
 _KEPT_VELOCITY_VIEWS = 4
@@ -35,12 +36,15 @@ class Services:
         self.router = Router.of(config)
         self.state = create_backend(config.state.backend, config.state.url, config.state.cluster,
                                     config.state.timeout_ms)
+        # This process's own store: claims it accepted, and counters under on_state_error: local.
         self.local_state = MemoryBackend()
-        self.replay = ReplayGuard(self.state, self.local_state)
+        replay = ReplayGuard(self.state, self.local_state)
+        self.shared_side = SharedSide(self.state, replay)
+        self.fallback = {policy: LocalSide(policy, replay) for policy in ("fail_open", "local")}
         self.credentials = CredentialStore(self.state, master_key)
-        skew = config.auth.signature.max_skew_s
-        self.verifier = SignatureVerifier(self.credentials, self.state, max_skew_s=skew)
-        self.local_verifier = SignatureVerifier(self.credentials, self.local_state, max_skew_s=skew)
+        self.verifier = SignatureVerifier(self.credentials, config.auth.signature.max_skew_s)
+        # With a client CA, a verified TLS certificate may prove the client tier (auth.signatures).
+        self.tls_clients = bool(config.tls and config.tls.client_ca_file)
         totp = config.auth.totp
         self.stepup = StepUp(self.credentials, self.state, totp_digits=totp.digits,
                              totp_period=totp.period, totp_valid_window=totp.valid_window,
@@ -53,7 +57,7 @@ class Services:
         self.rulebook = RuleBook(config.rules.path, self.router.attribute_types())
         self._velocity: dict[str, VelocityPair] = {}
         self.rulebook.listeners.append(self._rebuild_velocity)
-        self.forwarder = Forwarder(config.limits.upstream_timeout_s)
+        self.forwarder = Forwarder(config.limits.upstream_timeout_s, config.routes)
         self.decision_log = DecisionLog(self._sinks(), config.decision_log.queue_size)
         self.recorder = Recorder(self.decision_log)
         precreate({route.name: route.on_state_error for route in config.routes})

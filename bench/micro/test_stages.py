@@ -52,7 +52,7 @@ def loop():
 def verifier(loop):
     store = CredentialStore(MemoryBackend(), MasterKey(os.urandom(32)))
     secret = loop.run_until_complete(store.add_hmac_client("bench"))
-    return SignatureVerifier(store, MemoryBackend()), HmacSigner("bench", secret)
+    return SignatureVerifier(store), HmacSigner("bench", secret)
 
 
 def test_signature_check(benchmark, loop, verifier):

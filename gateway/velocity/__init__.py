@@ -1,5 +1,5 @@
 """Velocity and history features: the rule set's counters, one state round trip per request."""
 
-from gateway.velocity.core import Velocity
+from gateway.velocity.core import Observation, Velocity
 
-__all__ = ["Velocity"]
+__all__ = ["Observation", "Velocity"]

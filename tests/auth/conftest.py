@@ -99,3 +99,23 @@ def openssl(*args: str, input: bytes | None = None) -> bytes:
     result = subprocess.run([need_tool("openssl", "openssl"), *args], input=input,
                             capture_output=True, check=True)
     return result.stdout
+
+
+class Accepting:
+    """A verifier used the way the pipeline uses it: the stateless ``check``, then its claims
+    in one state round trip; a claim already taken is a replay."""
+
+    def __init__(self, verifier, state):
+        self.verifier, self.state = verifier, state
+
+    async def verify(self, method, url, headers, body, tls_client=None) -> str:
+        from auth.errors import invalid_signature
+        checked = await self.verifier.check(method, url, headers, body, tls_client)
+        if not (await self.state.trip(checked.claims, ())).fresh:
+            raise invalid_signature("replay")
+        return checked.client_id
+
+
+def accepting(store, state, **options) -> Accepting:
+    from auth.signatures import SignatureVerifier
+    return Accepting(SignatureVerifier(store, **options), state)

@@ -10,10 +10,9 @@ import pytest
 from multidict import CIMultiDict
 
 from auth.errors import AuthError
-from auth.signatures import SignatureVerifier
 from auth.challenges import request_hash
 from auth.stepup import StepUp
-from tests.auth.conftest import need_tool, remember
+from tests.auth.conftest import accepting, need_tool, remember
 from tests.auth.keyutil import openssl_key
 
 run = asyncio.run
@@ -52,7 +51,7 @@ def test_hmac_curl_example(store, state, clock, tmp_path):
     headers, body = run_as_curl(snippet("sign-hmac.sh"), {
         "KEYID": "shop", "SECRET": secret, "URL": URL, "BODY": BODY}, tmp_path)
     assert body == BODY.encode()
-    verifier = SignatureVerifier(store, state, clock=clock)
+    verifier = accepting(store, state, clock=clock)
     assert run(verifier.verify("POST", URL, headers, body)) == "shop"
 
 
@@ -61,7 +60,7 @@ def test_ed25519_curl_example(store, state, clock, tmp_path):
     run(store.add_public_key_client("shop-ed", public))
     headers, body = run_as_curl(snippet("sign-ed25519.sh"), {
         "KEYID": "shop-ed", "KEY": str(private), "URL": URL, "BODY": BODY}, tmp_path)
-    verifier = SignatureVerifier(store, state, clock=clock)
+    verifier = accepting(store, state, clock=clock)
     assert run(verifier.verify("POST", URL, headers, body)) == "shop-ed"
 
 

@@ -9,10 +9,9 @@ import pytest
 from multidict import CIMultiDict
 
 from auth.errors import AuthError, CredentialError
-from auth.signatures import SignatureVerifier
 from auth.challenges import request_hash
 from auth.stepup import StepUp
-from tests.auth.conftest import remember
+from tests.auth.conftest import accepting, remember
 
 run = asyncio.run
 REASON = re.compile(r"[a-z_]{3,32}")
@@ -22,7 +21,7 @@ def test_failures_expose_only_fixed_labels(store, state, clock):
     secret = run(store.add_hmac_client("shop"))
     totp_secret = run(store.enroll_totp("alice"))
     remember(secret, totp_secret)
-    verifier = SignatureVerifier(store, state, clock=clock)
+    verifier = accepting(store, state, clock=clock)
     stepup = StepUp(store, state, clock=clock)
     code = stepup.totp.code(totp_secret, stepup.totp.step(clock.now))
     remember(code)

@@ -17,8 +17,8 @@ from multidict import CIMultiDict
 from requests_http_signature import HTTPSignatureAuth
 
 from auth.errors import AuthError
-from auth.signatures import SignatureVerifier, content_digest
-from tests.auth.conftest import remember
+from auth.signatures import content_digest
+from tests.auth.conftest import accepting, remember
 
 run = asyncio.run
 URL = "https://pay.example.com/v1/payments?trace=1"
@@ -43,7 +43,7 @@ def ed_client(store):
 
 @pytest.fixture
 def verifier(store, state, clock):
-    return SignatureVerifier(store, state, max_skew_s=300, clock=clock)
+    return accepting(store, state, max_skew_s=300, clock=clock)
 
 
 def sign(key_id, key, *, alg=HMAC_SHA256, method="POST", url=URL, body=BODY, nonce=None,
@@ -251,7 +251,7 @@ def test_rfc9421_b26_ed25519_vector(state, store, clock):
            b"-----END PUBLIC KEY-----\n")
     run(store.add_public_key_client("test-key-ed25519", pem))
     clock.now = 1618884473
-    verifier = SignatureVerifier(store, state, clock=clock)
+    verifier = accepting(store, state, clock=clock)
     headers = CIMultiDict({
         "Date": "Tue, 20 Apr 2021 02:07:55 GMT",
         "Content-Type": "application/json",

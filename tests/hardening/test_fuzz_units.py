@@ -23,13 +23,14 @@ from hypothesis import strategies as st
 from auth.credentials import CredentialStore
 from auth.errors import AuthError
 from auth.keys import MasterKey
-from auth.signatures import SignatureVerifier, content_digest
+from auth.signatures import content_digest
 from gateway.config import parse_config
 from gateway.currencies import ISO_4217
 from gateway.errors import InvalidRequest
-from state.memory import MemoryBackend
 from gateway.transaction import TransactionExtractor
 from rules import Decision, RuleLoadError, load_rules
+from state.memory import MemoryBackend
+from tests.auth.conftest import accepting
 from tests.hardening.conftest import FUZZ_EXAMPLES
 
 TRIED = {"signatures": 0, "transactions": 0, "rule files": 0, "expressions": 0}
@@ -95,7 +96,7 @@ def verifier():
     state = MemoryBackend()
     store = CredentialStore(state, MasterKey.ephemeral())
     loop.run_until_complete(store.add_hmac_client("app", SECRET))
-    yield loop, SignatureVerifier(store, state, max_skew_s=300)
+    yield loop, accepting(store, state, max_skew_s=300)
     loop.close()
 
 
