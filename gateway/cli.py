@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     kind.add_argument("--public-key", metavar="PEM")
     enroll = asub.add_parser("enroll-totp")
     enroll.add_argument("user")
+    enroll.add_argument("--force", action="store_true",
+                        help="replace an enrolled secret (the old authenticator stops working)")
     add_device = asub.add_parser("add-device")
     add_device.add_argument("user")
     add_device.add_argument("--public-key", metavar="PEM", required=True)
@@ -142,7 +144,8 @@ def _auth(args) -> int:
                 pem = _read(args.public_key) if args.public_key else None
                 return await commands.add_client(store, args.id, args.hmac, pem, sys.stdout)
             if args.action == "enroll-totp":
-                return await commands.enroll_totp(store, args.user, out=sys.stdout)
+                return await commands.enroll_totp(store, args.user, out=sys.stdout,
+                                                  replace=args.force)
             if args.action == "add-device":
                 return await commands.add_device(store, args.user, _read(args.public_key),
                                                  args.name, sys.stdout)

@@ -13,7 +13,8 @@ from metrics.definitions import (AUTH_FAILURES, BAD_REQUESTS, OVERHEAD, REQUESTS
 log = logging.getLogger("txgate.record")
 _UNMATCHED = "_unmatched"   # the one route label for requests that matched no route
 # A challenge, a locked user and a user with nothing enrolled are all "the rules wanted more".
-_STEP_UP_CODES = frozenset({"insufficient_user_authentication", "user_locked", "enrollment_required"})
+_STEP_UP_CODES = frozenset({"insufficient_user_authentication", "otp_reused", "user_locked",
+                            "enrollment_required"})
 
 
 def outcome(ex) -> str:

@@ -77,11 +77,15 @@ def test_challenge_is_issued_as_the_contract_says(stepup, outcomes):
     assert outcomes == [("otp", "issued")]
 
 
-def test_no_enrolment_is_403(stepup, store):
+def test_no_enrolment_is_403_and_names_what_to_enrol(stepup, store):
     error = refused(stepup, user="nobody")
     assert (error.status, error.code) == (403, "enrollment_required")
-    assert refused(stepup, required="device").status == 403     # alice has no device
-    assert refused(stepup, user=None).status == 403
+    assert error.body_extra == {"acr_values": "otp", "missing": "totp"}
+    error = refused(stepup, required="device")     # alice has a TOTP secret but no device
+    assert error.status == 403
+    assert error.body_extra == {"acr_values": "device", "missing": "device"}
+    error = refused(stepup, user=None)
+    assert error.status == 403 and error.body_extra["missing"] == "user_id"
 
 
 # -- TOTP -----------------------------------------------------------------------------------
@@ -109,15 +113,27 @@ def test_oathtool_code_is_accepted(stepup, clock):
     assert check(stepup, headers=otp_answer(challenge(stepup), value)) == "otp"
 
 
-def test_otp_replay_within_its_window_is_refused(stepup, clock):
+def test_otp_replay_within_its_window_is_refused_as_reused(stepup, clock, outcomes):
+    clock.now = 30 * (int(clock.now) // 30) + 3    # 3 s into a time step
     value = code(stepup, clock)
     assert check(stepup, headers=otp_answer(challenge(stepup), value)) == "otp"
     clock.advance(5)
     error = refused(stepup, headers=otp_answer(challenge(stepup), value))
-    assert error.status == 401 and error.reason == "step_up_failed"
+    # The same 401 with a new challenge, but saying why and when the next code comes.
+    assert (error.status, error.code, error.reason) == (401, "otp_reused", "otp_reused")
+    assert error.headers["Retry-After"] == "22" and error.body_extra["retry_after"] == 22
+    assert error.body_extra["challenge"].startswith("ch_")
+    assert 'error="otp_reused"' in error.headers["WWW-Authenticate"]
+    assert outcomes[-2:] == [("otp", "reused"), ("otp", "issued")]
     # an older step within the window is refused too once a newer one was accepted
     error = refused(stepup, headers=otp_answer(challenge(stepup), code(stepup, clock, -1)))
-    assert error.reason == "step_up_failed"
+    assert error.code == "otp_reused"
+    # a wrong code is still just wrong
+    wrong = next(f"{n:06d}" for n in range(3) if f"{n:06d}" not in
+                 {code(stepup, clock, k) for k in (-1, 0, 1)})
+    error = refused(stepup, headers=otp_answer(challenge(stepup), wrong))
+    assert (error.code, error.reason) == ("insufficient_user_authentication", "step_up_failed")
+    assert "Retry-After" not in error.headers
     # the next time step is fine
     clock.advance(30)
     assert check(stepup, headers=otp_answer(challenge(stepup), code(stepup, clock))) == "otp"

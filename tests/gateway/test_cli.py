@@ -86,6 +86,11 @@ def test_auth_commands_manage_credentials_on_redis(tmp_path, redis_server):
     assert dump and secret.encode() not in dump   # encrypted at rest
     enrolled = txgate("auth", "enroll-totp", "alice", "--config", config, env=env)
     assert enrolled.returncode == 0 and "otpauth://totp/" in enrolled.stdout
+    again = txgate("auth", "enroll-totp", "alice", "--config", config, env=env)
+    assert "already enrolled" in assert_clean_error(again)[0] and "--force" in again.stderr
+    forced = txgate("auth", "enroll-totp", "alice", "--force", "--config", config, env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.split("secret=")[1][:32] != enrolled.stdout.split("secret=")[1][:32]
     listed = txgate("auth", "list", "--config", config, env=env)
     assert "shop-1" in listed.stdout and "alice" in listed.stdout and secret not in listed.stdout
     revoked = txgate("auth", "revoke", "client", "shop-1", "--config", config, env=env)

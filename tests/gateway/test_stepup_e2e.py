@@ -101,7 +101,11 @@ def test_the_same_code_is_not_accepted_twice(gw):
     assert pay(gw, 150, {"Txgate-Challenge": challenge, "Txgate-OTP": code}).status_code == 200
     challenge = pay(gw, 160).json()["challenge"]
     replay = pay(gw, 160, {"Txgate-Challenge": challenge, "Txgate-OTP": code})
-    assert replay.status_code == 401 and replay.json()["error"] == "insufficient_user_authentication"
+    # Refused, saying why and when the next code comes, with a new challenge to answer then.
+    body = replay.json()
+    assert replay.status_code == 401 and body["error"] == "otp_reused"
+    assert 1 <= int(replay.headers["Retry-After"]) <= 30 and body["challenge"] != challenge
+    assert logged(gw)[-1]["decision"] == "step_up"
 
 
 def test_strong_authentication_resets_the_low_value_sum(gw):
