@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     demo = command("demo", "run the embedded demo")
     demo.add_argument("--once", action="store_true", help="exit after the scripted run")
 
+    config = sub.add_parser("config", help="check a configuration without starting")
+    csub = config.add_subparsers(dest="action", required=True)
+    csub.add_parser("check").add_argument("--config", default=None)
+
     rules = sub.add_parser("rules", help="check, test and replay rule files")
     rsub = rules.add_subparsers(dest="action", required=True)
     for name in ("check", "test"):
@@ -78,7 +82,8 @@ def _rules_dir(args, given: str | None) -> str:
         return given
     if _config_path(args):
         return _load_config(args).rules.path
-    return "rules/default"
+    from gateway.config import DEFAULT_RULES
+    return DEFAULT_RULES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from gateway.demo import run_demo
             return run_demo(once=args.once)
+        if args.command == "config":
+            from gateway.configcheck import check
+            return check(_config_path(args), sys.stdout, sys.stderr)
         if args.command == "rules":
             return _rules(args)
         return _auth(args)

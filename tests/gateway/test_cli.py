@@ -38,7 +38,49 @@ def assert_clean_error(result: subprocess.CompletedProcess) -> list[str]:
 def test_config_errors_name_the_file_and_key_path(tmp_path):
     config = write_config(tmp_path, {"routes": [{"name": "p", "match": {"path": "/p"}, "upstream": "nope"}]})
     lines = assert_clean_error(txgate("run", "--config", config, env={"TXGATE_MASTER_KEY": KEY}))
-    assert lines == [f"txgate: {config}: routes[0].upstream: not a URL (expected http://host:port)"]
+    assert lines == [f"txgate: {config}:5: routes[0].upstream: not a URL (expected http://host:port)"]
+
+
+def test_config_check_reports_every_problem_with_its_line(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.yaml").write_text("version: 1\nrules:\n  - id: X-1\n    when: amount > 10 and colour == 'red'\n"
+                                  "    action: deny\n")
+    config = tmp_path / "txgate.yaml"
+    config.write_text("rules: {path: rules}\n"
+                      "decision_log: {path: logs/decisions.jsonl}\n"
+                      "routes:\n"
+                      "  - name: pay\n"
+                      "    match: {path: /pay}\n"
+                      "    upstream: http://127.0.0.1:9000\n"
+                      "    transaction: {amount: json:$.amount}\n")
+    lines = assert_clean_error(txgate("config", "check", "--config", str(config)))
+    assert lines[0] == f"txgate: {rules / 'r.yaml'}:4: unknown attribute 'colour': not a transaction field, built-in or counter"
+    assert lines[1].startswith(f"txgate: {config}:1: no master key: set TXGATE_MASTER_KEY")
+    assert lines[2] == (f"txgate: {config}:2: decision_log.path: directory {tmp_path / 'logs'} "
+                        "does not exist (txgate does not create it)")
+    assert len(lines) == 3
+    # Fixed, it says so and exits 0; the running server is not needed.
+    (rules / "r.yaml").write_text("version: 1\nrules:\n  - id: X-1\n    when: amount > 10\n    action: deny\n")
+    (tmp_path / "logs").mkdir()
+    ok = txgate("config", "check", "--config", str(config), env={"TXGATE_MASTER_KEY": KEY})
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().splitlines()[-1].startswith(f"{config}: OK: 1 routes, 1 rules (version ")
+    # Bad keys and values stop at the file: every one of them, each with its line.
+    config.write_text("routes:\n  - name: pay\n    match: {path: /pay, methods: [GTE]}\n"
+                      "    upstream: http://h:port\n    colour: red\n")
+    lines = assert_clean_error(txgate("config", "check", "--config", str(config)))
+    assert [line.split(": ")[1] for line in lines] == [f"{config}:3", f"{config}:4", f"{config}:5"]
+
+
+def test_the_decision_log_directory_is_never_created(tmp_path):
+    config = write_config(tmp_path, {"decision_log": {"path": "nowhere/decisions.jsonl"},
+                                     "routes": [], "listen": "127.0.0.1:0",
+                                     "admin_listen": "127.0.0.1:0"})
+    lines = assert_clean_error(txgate("run", "--config", config, env={"TXGATE_MASTER_KEY": KEY}))
+    assert lines == [f"txgate: cannot open {tmp_path / 'nowhere' / 'decisions.jsonl'}: "
+                     "No such file or directory"]
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_workers_need_the_redis_backend(tmp_path):
