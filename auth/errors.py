@@ -22,6 +22,8 @@ class AuthError(Exception):
         self.reason = reason
         self.headers = headers or {}
         self.body_extra = body_extra or {}
+        # The keyid a refused signature claimed: for the log line only, never trusted.
+        self.client_id: str | None = None
 
 
 def invalid_signature(reason: str) -> AuthError:

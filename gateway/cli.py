@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
+
+from gateway import logs
+from gateway.logs import LEVELS
 
 
 class UsageError(Exception):
@@ -20,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     def command(name, help_text):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", default=None, help="txgate.yaml (default: ./txgate.yaml if present)")
+        p.add_argument("--log-level", default=None, type=str.upper, choices=LEVELS,
+                       help="default: TXGATE_LOG_LEVEL, else INFO (WARNING for the demo)")
         return p
 
     run = command("run", "serve")
@@ -89,9 +93,12 @@ def _rules_dir(args, given: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quiet = "WARNING" if args.command == "demo" else "INFO"   # the demo's output is its table
-    logging.basicConfig(level=os.environ.get("TXGATE_LOG_LEVEL", quiet),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from gateway.config import ConfigError
+    try:
+        logs.setup(getattr(args, "log_level", None), default=quiet)
+    except ValueError as exc:   # a bad TXGATE_LOG_LEVEL
+        print(f"txgate: TXGATE_LOG_LEVEL: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.command == "run":
             from gateway.workers import run

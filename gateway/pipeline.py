@@ -31,6 +31,7 @@ from gateway.errors import GatewayError, StateUnavailable
 from gateway.exchange import Exchange
 from gateway.features import builtin_attributes
 from gateway.forward import stream_back, upstream_headers
+from gateway.logs import REQUEST_ID
 from gateway.responses import error_response
 from gateway.routing import check_path
 from gateway.state.base import StateError
@@ -48,6 +49,7 @@ class Pipeline:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ex = Exchange(request, uuid.uuid4().hex, time.perf_counter())
+        logged_as = REQUEST_ID.set(ex.request_id)   # every log line of this request carries it
         try:
             check_path(request.raw_path)
             route = ex.route = self.s.router.match(request.method, request.path)
@@ -80,6 +82,7 @@ class Pipeline:
                 # leaves, so that a step-up repeat never races its own withdrawal.
                 await self.s.recorder.settle(ex)
             self.s.recorder.record(ex)
+            REQUEST_ID.reset(logged_as)
 
     async def authenticate(self, ex: Exchange) -> None:
         """The stateless half of the signature check; the single-use claims it yields ride on

@@ -43,6 +43,11 @@ class Recorder:
         if decided == "error" and ex.error is not None:
             if isinstance(ex.error, AuthError) and ex.error.code == "invalid_signature":
                 AUTH_FAILURES.labels(ex.error.reason).inc()
+                # The reason and the claimed keyid only: never a signature or a secret.
+                log.info("signature refused: %s", ex.error.reason, extra={
+                    "event": "signature_refused", "reason": ex.error.reason,
+                    "client_id": ex.client_id or ex.error.client_id,
+                    "request_id": ex.request_id, "route": route})
             else:
                 BAD_REQUESTS.labels(route, ex.error.code).inc()
         elapsed = time.perf_counter() - ex.started
