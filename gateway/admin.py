@@ -12,7 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import multiprocess
 
 from auth.admin import setup_admin
+from gateway import __version__
 from gateway.state.base import StateError
+from metrics.identity import BuildInfo, WorkerProcesses
 from rules import RuleLoadError
 
 
@@ -37,8 +39,22 @@ async def _json_http_errors(request: web.Request, handler):
                                           if k.lower() == "allow"})
 
 
+def _rules_version(services) -> str | None:
+    try:
+        return services.rulebook.current.version
+    except AttributeError:   # not loaded yet
+        return None
+
+
 def build_admin_app(services, admin_token: str | None) -> web.Application:
     app = web.Application(middlewares=[_json_http_errors])
+    # Computed at each scrape, beside the counters: the build, and under workers the
+    # process metrics of every worker (metrics.identity says why).
+    identity = CollectorRegistry(auto_describe=False)
+    identity.register(BuildInfo(__version__, lambda: _rules_version(services)))
+    supervisor = os.environ.get("TXGATE_SUPERVISOR_PID")
+    if supervisor:
+        identity.register(WorkerProcesses(int(supervisor)))
 
     async def healthz(_):
         return _json({"status": "ok"})
@@ -66,7 +82,8 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
             multiprocess.MultiProcessCollector(registry)
         else:
             registry = REGISTRY
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(registry) + generate_latest(identity),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def reload_rules(_):
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import platform
 import sys
 
 from gateway import logs
@@ -16,7 +17,10 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from gateway import __version__
     parser = argparse.ArgumentParser(prog="txgate", description="Fraud and authentication gateway")
+    parser.add_argument("--version", action="version",
+                        version=f"txgate {__version__} (Python {platform.python_version()})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name, help_text):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import os
 import subprocess
 
@@ -81,6 +82,12 @@ def test_the_decision_log_directory_is_never_created(tmp_path):
     assert lines == [f"txgate: cannot open {tmp_path / 'nowhere' / 'decisions.jsonl'}: "
                      "No such file or directory"]
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_version():
+    result = txgate("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"txgate {importlib.metadata.version('txgate')} (Python ")
 
 
 def test_workers_need_the_redis_backend(tmp_path):
