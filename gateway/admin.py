@@ -72,7 +72,14 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
             await services.state.ping()
         except StateError as exc:
             details["state"] = f"unavailable ({exc.operation})"
-            ready = False
+            # Which routes still serve, and how; ready while one does, unless configured not.
+            degraded = {route.name: route.on_state_error for route in services.config.routes
+                        if route.on_state_error != "fail_closed"}
+            details["degraded_routes"] = degraded
+            details["refusing_routes"] = [route.name for route in services.config.routes
+                                          if route.name not in degraded]
+            if not degraded or services.config.readiness.state_down == "unready":
+                ready = False
         return _json({"ready": ready, **details}, 200 if ready else 503)
 
     async def metrics(_):

@@ -121,6 +121,13 @@ class DecisionLogConfig(_Strict):
     queue_size: int = Field(10_000, gt=0)
 
 
+class ReadinessConfig(_Strict):
+    # "serving": /readyz stays 200 while the state store is down if a route can still serve
+    # (on_state_error fail_open or local), so a load balancer keeps the gateway in rotation;
+    # "unready": 503 whenever the store is down.
+    state_down: Literal["serving", "unready"] = "serving"
+
+
 class FieldSpec(_Strict):
     """Where one transaction attribute comes from and what type it must have."""
 
@@ -218,6 +225,7 @@ class Config(_Strict):
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
     decision_log: DecisionLogConfig = DecisionLogConfig()
+    readiness: ReadinessConfig = ReadinessConfig()
     routes: tuple[RouteConfig, ...] = ()
 
     @field_validator("listen", "admin_listen")

@@ -222,7 +222,8 @@ class Pipeline:
         req, route = ex.request, ex.route
         added = {"Txgate-Request-Id": ex.request_id, "Txgate-Tier": ex.tier}
         if ex.decision is not None:
-            added["Txgate-Decision"] = ex.decision.action
+            # What happened, as the decision log says it: a step-up the request passed is an allow.
+            added["Txgate-Decision"] = "review" if ex.decision.action == "review" else "allow"
             added["Txgate-Risk-Score"] = _score(ex.decision.score)
         headers = upstream_headers(req.headers, client_ip=req.remote or "unknown", proto=req.scheme,
                                    host=req.host, added=added)

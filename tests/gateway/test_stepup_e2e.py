@@ -87,6 +87,7 @@ def test_otp_step_up_with_an_oathtool_code(gw, upstream):
     assert repeat.status_code == 200, repeat.text
     sent = {k.lower(): v for k, v in upstream.seen()[0]["headers"]}
     assert sent["txgate-tier"] == "otp" and "txgate-otp" not in sent and "txgate-challenge" not in sent
+    assert sent["txgate-decision"] == "allow"   # the step-up was passed: not "require_otp"
     entries = logged(gw)
     # The repeat is the same transaction: the attempt counter saw it once.
     assert [e["features"]["user_tx_1h"] for e in entries] == [1, 1]
