@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1)
     demo = command("demo", "run the embedded demo")
     demo.add_argument("--once", action="store_true", help="exit after the scripted run")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the demo's decision log (removed at exit otherwise)")
 
     config = sub.add_parser("config", help="check a configuration without starting")
     csub = config.add_subparsers(dest="action", required=True)
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             return run(_load_config(args), args.workers)
         if args.command == "demo":
             from gateway.demo import run_demo
-            return run_demo(once=args.once)
+            return run_demo(once=args.once, keep=args.keep)
         if args.command == "config":
             from gateway.configcheck import check
             return check(_config_path(args), sys.stdout, sys.stderr)

@@ -154,8 +154,15 @@ def test_auth_commands_refuse_the_memory_backend(tmp_path):
     assert "state.backend: redis" in lines[0]
 
 
-def test_demo_once_prints_its_table():
-    result = txgate("demo", "--once", env={"COLUMNS": "200"})
+def test_demo_once_prints_its_table_and_leaves_nothing_unless_kept(tmp_path):
+    result = txgate("demo", "--once", env={"COLUMNS": "200", "TMPDIR": str(tmp_path)})
+    assert list(tmp_path.iterdir()) == []
+    kept = txgate("demo", "--once", "--keep", env={"COLUMNS": "300", "TMPDIR": str(tmp_path)})
+    assert kept.returncode == 0, kept.stderr
+    [workdir] = tmp_path.iterdir()
+    log = workdir / "decisions.jsonl"
+    assert f"kept: decision log {log}" in kept.stdout.replace("\n", "")
+    assert len(log.read_text().splitlines()) >= 8
     assert result.returncode == 0, result.stderr
     assert "txgate decisions" in result.stdout
     rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 5}
