@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             from gateway.workers import run
             return run(_load_config(args), args.workers)
         if args.command == "demo":
-            from gateway.demo import run_demo
+            from gateway.demo.run import run_demo
             return run_demo(once=args.once, keep=args.keep)
         if args.command == "config":
             from gateway.configcheck import check
@@ -153,7 +153,9 @@ def _auth(args) -> int:
     except MasterKeyError as exc:
         raise UsageError(str(exc)) from None
     if config.state.backend == "memory":
-        raise UsageError("credentials need a shared store: set state.backend: redis in the config")
+        raise UsageError("credentials need a shared store: set state.backend: redis in the config "
+                         "(the memory backend lives inside one gateway process: the README's "
+                         "quick start shows a trial on a local redis-server)")
 
     async def go() -> int:
         state = create_backend(config.state.backend, config.state.url, config.state.cluster,
