@@ -12,7 +12,12 @@ the block's output. Kinds:
   Redis, with the master key in the environment; every command must succeed.
 - ``script`` (python): runs alone from the repository's root.
 - ``config`` (yaml): ``txgate config check`` passes on it (routes against the shipped pack).
-- ``reference`` (yaml): the keys and values validate.
+- ``reference`` (yaml): the keys and values of a txgate.yaml (or a part of one) validate.
+- ``rules`` (yaml): a rule file, or a list of rules, loads next to the shipped pack's counters
+  and lists (those the block does not define itself), against the routes of configuration.md.
+- ``when`` (yaml): each ``when:`` line compiles as a rule in that same context.
+- ``ruletest`` (yaml): a ``*_test.yaml`` case list passes against the shipped pack.
+- ``prometheus`` (yaml): ``promtool check config`` accepts it beside the shipped alerts.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,14 +38,15 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from gateway.config import parse_config
+from gateway.config import ConfigError, parse_config
+from rules.yamlsrc import load_yaml
 from tests.fixtures.processes import TXGATE, wait_until
 from tests.fixtures.signing import SignedClient
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 KINDS = {"sh": {"signed", "stepup", "device", "shell"}, "python": {"signed", "script"},
-         "yaml": {"config", "reference"}}
+         "yaml": {"config", "reference", "rules", "when", "ruletest", "prometheus"}}
 BIN = str(Path(sys.executable).parent)
 RULES = """
 version: 1
@@ -66,7 +73,7 @@ def of_kind(kind: str) -> list:
 
 def test_every_shell_and_python_example_says_how_it_runs():
     for doc, lang, kind, code in examples():
-        if lang in ("sh", "python"):
+        if lang in KINDS:
             assert kind in KINDS[lang], f"{doc}: a {lang} block without a runner kind:\n{code}"
         if lang in KINDS and kind:
             assert kind in KINDS[lang], f"{doc}: unknown kind {lang} {kind}"
@@ -223,4 +230,83 @@ def test_config_examples_pass_config_check(lang, code, tmp_path):
 
 @pytest.mark.parametrize("lang, code", of_kind("reference"))
 def test_reference_examples_validate(lang, code):
-    parse_config(yaml.safe_load(code), environ={})
+    try:
+        parse_config(_yaml(code), environ={})
+    except ConfigError as exc:
+        # Files named under /etc/ stand for the reader's own: only their absence is allowed.
+        problems = [line for line in str(exc).splitlines() if ": no such file: /etc/" not in line]
+        assert problems == [], problems
+
+
+# -- rule files -----------------------------------------------------------------------------
+
+PACK = ROOT / "rules" / "default"
+
+
+def _yaml(text: str):
+    """YAML as txgate reads it (`on:` is a key, not true), as plain dicts and lists."""
+    data, problems = load_yaml(text)
+    assert problems == [], problems
+    return json.loads(json.dumps(data))
+
+
+def _context(block: dict) -> dict:
+    """The shipped pack's counters and lists that the block does not define itself."""
+    counters = _yaml((PACK / "counters.yaml").read_text())["counters"]
+    lists = _yaml((PACK / "geo.yaml").read_text())["lists"]
+    own_counters = {c["name"] for c in block.get("counters", [])}
+    return {"counters": [c for c in counters if c["name"] not in own_counters],
+            "lists": {k: v for k, v in lists.items() if k not in block.get("lists", {})}}
+
+
+def _load_rule_file(block: dict, tmp_path):
+    from gateway.routing import Router
+    from rules import load_rules
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "context.yaml").write_text(yaml.safe_dump(_context(block)))
+    (tmp_path / "rules" / "doc.yaml").write_text(yaml.safe_dump(block))
+    routes = parse_config({"routes": [{**_route_example(), "name": "payments"}]}, {}).routes
+    return load_rules(tmp_path / "rules", Router(routes).attribute_types())
+
+
+@pytest.mark.parametrize("lang, code", of_kind("rules"))
+def test_rule_examples_load(lang, code, tmp_path):
+    block = _yaml(code)
+    if isinstance(block, list):
+        block = {"rules": block}
+    with _load_rule_file(block, tmp_path) as rules:
+        assert {r.id for r in rules.rules} == {r["id"] for r in block.get("rules", [])}
+
+
+@pytest.mark.parametrize("lang, code", of_kind("when"))
+def test_condition_examples_compile(lang, code, tmp_path):
+    conditions = [line.split("#")[0].removeprefix("when:").strip()
+                  for line in code.splitlines() if line.startswith("when:")]
+    assert conditions
+    block = {"rules": [{"id": f"DOC-{i}", "description": "doc example", "when": when,
+                        "action": "review"} for i, when in enumerate(conditions)]}
+    with _load_rule_file(block, tmp_path) as rules:
+        assert len(rules.rules) == len(conditions)
+
+
+@pytest.mark.parametrize("lang, code", of_kind("ruletest"))
+def test_rule_test_examples_pass_against_the_shipped_pack(lang, code, tmp_path):
+    from rules import load_rules
+    from rules.ruletests import read_cases, run_case
+    (tmp_path / "doc_test.yaml").write_text(code)
+    cases, errors = read_cases(tmp_path / "doc_test.yaml")
+    assert cases and errors == []
+    with load_rules(PACK) as rules:
+        for case in cases:
+            assert run_case(case, rules) == [], case.name
+
+
+@pytest.mark.parametrize("lang, code", of_kind("prometheus"))
+def test_prometheus_examples_pass_promtool(lang, code, tmp_path):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by `make test` (Debian package prometheus)"
+    shutil.copy(ROOT / "metrics" / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
+    (tmp_path / "prometheus.yml").write_text(code)
+    result = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
