@@ -177,8 +177,9 @@ def test_demo_once_prints_its_table_and_leaves_nothing_unless_kept(tmp_path):
 
 
 def test_replay_a_real_decision_log_under_a_candidate_pack(tmp_path):
-    demo = txgate("demo", "--once", env={"COLUMNS": "300"})
-    log = next(line.split()[2] for line in demo.stdout.splitlines() if line.startswith("decision log: "))
+    demo = txgate("demo", "--once", "--keep", env={"COLUMNS": "300", "TMPDIR": str(tmp_path)})
+    log = next(line.split()[3] for line in demo.stdout.splitlines()
+               if line.startswith("kept: decision log "))
     candidate = tmp_path / "candidate"
     candidate.mkdir()
     for source in (ROOT / "rules" / "default").glob("*.yaml"):
