@@ -98,7 +98,8 @@ def _rules_dir(args, given: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    quiet = "WARNING" if args.command == "demo" else "INFO"   # the demo's output is its table
+    # The demo's output is its table; a one-shot command's error is its one "txgate:" line.
+    quiet = {"run": "INFO", "demo": "WARNING"}.get(args.command, "CRITICAL")
     from gateway.config import ConfigError
     try:
         logs.setup(getattr(args, "log_level", None), default=quiet)
