@@ -316,6 +316,7 @@ def _relative_to(data: dict, base: Path) -> dict:
 
 def key_line(data, loc: tuple) -> int:
     """The line of the deepest key of ``loc`` that the file has (else of its parent)."""
+    # Imported here: the rules package loads the rule engine, which parse_config never needs.
     from rules.yamlsrc import LineDict, LineList
     line, node = getattr(data, "line", 1), data
     for part in loc:
@@ -331,7 +332,7 @@ def key_line(data, loc: tuple) -> int:
 def load_config(path: str | Path | None, environ: dict | None = None) -> Config:
     """Read ``path`` (or the defaults when None) into a validated Config; every error is one
     ``FILE:LINE: key.path: message`` line."""
-    from rules.yamlsrc import load_yaml
+    from rules.yamlsrc import load_yaml   # see key_line
     if path is None:
         return parse_config({}, environ)
     try:
