@@ -70,3 +70,5 @@ def setup(level: str | None, default: str = "INFO", stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(name)
+    # Python's warnings print raw lines to stderr: as records they stay one JSON line each.
+    logging.captureWarnings(True)

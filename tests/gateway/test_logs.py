@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import warnings
 
 import pytest
 
@@ -16,7 +17,10 @@ from gateway import logs
 def restore_root():
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        yield
+    logging.captureWarnings(False)
     root.handlers[:], root.level = handlers, level
 
 
@@ -31,11 +35,13 @@ def test_json_lines_carry_the_request_id_extras_and_the_exception(restore_root):
         log.exception("it failed", extra={"event": "x", "route": "pay"})
     finally:
         logs.REQUEST_ID.reset(token)
+    warnings.warn("old API", DeprecationWarning, stacklevel=1)   # a warning is a record too
     log.debug("below the level")
     log.warning("no request")
     lines = out.getvalue().splitlines()
-    assert len(lines) == 2
-    first, second = map(json.loads, lines)
+    assert len(lines) == 3
+    first, warned, second = map(json.loads, lines)
+    assert warned["logger"] == "py.warnings" and "old API" in warned["message"]
     assert first["message"] == "it failed" and first["level"] == "ERROR"
     assert first["logger"] == "txgate.test" and first["pid"] == os.getpid()
     assert first["request_id"] == "r-123" and first["event"] == "x" and first["route"] == "pay"
