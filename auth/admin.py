@@ -2,7 +2,7 @@
 
     POST   /admin/clients                   {"id", "hmac": true | "public_key": PEM}
                                             -> 201 {"id", "secret"?}  (the secret only here)
-    POST   /admin/totp/{user}               {"secret"?} -> 201 {"user", "otpauth_uri"}
+    POST   /admin/totp/{user}               {"secret"?, "replace"?} -> 201 {"user", "otpauth_uri"}
     POST   /admin/devices/{user}            {"public_key", "name"?} -> 201 {"user", "id"}
     GET    /admin/credentials               -> {"credentials": [...]}  (never a secret)
     DELETE /admin/credentials/{kind}/{id}   -> {"kind", "id", "revoked"}  (device id: user/device)
@@ -100,7 +100,10 @@ def routes(store: CredentialStore, totp: Totp | None = None,
         secret = data.get("secret")
         if "secret" in data and not isinstance(secret, str):   # null is not "no secret"
             raise CredentialError("secret: expected a base32 string")
-        secret = await store.enroll_totp(user, secret)
+        replace = data.get("replace", False)
+        if not isinstance(replace, bool):
+            raise CredentialError("replace: expected true or false")
+        secret = await store.enroll_totp(user, secret, replace=replace)
         return web.json_response(
             {"user": user, "otpauth_uri": totp.provisioning_uri(secret, user, issuer)},
             status=201, headers=_NO_STORE)

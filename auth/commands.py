@@ -39,10 +39,11 @@ async def add_client(store: CredentialStore, client_id: str, hmac: bool,
 
 async def enroll_totp(store: CredentialStore, user: str, issuer: str = "txgate",
                       out: TextIO | None = None, totp: Totp | None = None,
-                      secret: str | None = None) -> int:
-    """Create the user's TOTP secret; print the otpauth:// URI and a terminal QR code."""
+                      secret: str | None = None, replace: bool = False) -> int:
+    """Create (with ``replace``, replace) the user's TOTP secret; print the otpauth:// URI and
+    a terminal QR code."""
     totp, out = totp or Totp(), out or sys.stdout
-    secret = await store.enroll_totp(user, secret)
+    secret = await store.enroll_totp(user, secret, replace=replace)
     uri = totp.provisioning_uri(secret, user, issuer)
     out.write(f"TOTP enrolled for {user}; scan the code or enter the URI in an authenticator\n")
     out.write(uri + "\n")

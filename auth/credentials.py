@@ -294,11 +294,17 @@ class CredentialStore:
 
     # -- TOTP -------------------------------------------------------------------------------
 
-    async def enroll_totp(self, user: str, secret: str | None = None) -> str:
-        """Create (or replace) the user's TOTP secret; returns it in base32."""
+    async def enroll_totp(self, user: str, secret: str | None = None,
+                          replace: bool = False) -> str:
+        """Create the user's TOTP secret; returns it in base32. An active secret is replaced
+        only with ``replace`` (CredentialError 409 otherwise): a second enrolment by mistake
+        would silently lock the user's authenticator out."""
         _check_id("user id", user)
         secret = _check_totp_secret(secret) if secret is not None else pyotp.random_base32(32)
-        # Re-enrolling replaces the old seed: the user lost their authenticator.
+        if not replace and await self.has_totp(user):
+            raise CredentialError(f"totp {user!r} is already enrolled; replacing it invalidates "
+                                  "the user's authenticator (use --force, or replace: true in "
+                                  "the admin API)", 409, "already_exists")
         await self._save("totp", user, {
             "type": "totp", "created": self._clock(), "revoked": None,
             "secret": self._seal("totp", user, secret.encode()),

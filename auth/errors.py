@@ -1,7 +1,7 @@
 """Errors of the auth package.
 
-``AuthError`` ends a request: the gateway turns it into the JSON answer of the contract (§5) in
-one place. ``reason`` is a short, fixed metric label (``txgate_auth_failures_total{reason}``);
+``AuthError`` ends a request: the gateway turns it into the JSON answer of the contract
+(docs/protocol.md) in one place, as every ``RequestError``. ``reason`` is a short, fixed metric label (``txgate_auth_failures_total{reason}``);
 it never carries a key, secret, code or signature, so it is safe to log and to count.
 
 ``CredentialError`` and ``MasterKeyError`` are mistakes an operator can make (bad PEM, unknown
@@ -11,17 +11,29 @@ id, missing master key); the CLI prints their message as one line, the admin API
 from __future__ import annotations
 
 
-class AuthError(Exception):
+class RequestError(Exception):
+    """Every error that ends a request, of the gateway or of auth: the HTTP ``status``, the
+    contract's error ``code``, extra response ``headers``, and the JSON ``body`` fields the
+    client is told beyond ``error`` and ``request_id`` (gateway.responses builds the answer)."""
+
+    def __init__(self, status: int, code: str, text: str,
+                 headers: dict[str, str] | None = None, body: dict | None = None):
+        super().__init__(text)
+        self.status = status
+        self.code = code
+        self.headers = headers or {}
+        self.body = body or {}
+
+
+class AuthError(RequestError):
     """A request refused by authentication: ``status`` and contract ``code``, metric ``reason``."""
 
     def __init__(self, status: int, code: str, reason: str,
-                 headers: dict[str, str] | None = None, body_extra: dict | None = None):
-        super().__init__(f"{status} {code} ({reason})")
-        self.status = status
-        self.code = code
+                 headers: dict[str, str] | None = None, body: dict | None = None):
+        super().__init__(status, code, f"{status} {code} ({reason})", headers, body)
         self.reason = reason
-        self.headers = headers or {}
-        self.body_extra = body_extra or {}
+        # The keyid a refused signature claimed: for the log line only, never trusted.
+        self.client_id: str | None = None
 
 
 def invalid_signature(reason: str) -> AuthError:

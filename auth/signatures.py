@@ -227,8 +227,12 @@ class SignatureVerifier:
             except AuthError as exc:
                 first_error = first_error or exc
                 continue
-            return await self._verify_one(label, member, names, keyid, alg, nonce,
-                                          signature.value, request, headers, body)
+            try:
+                return await self._verify_one(label, member, names, keyid, alg, nonce,
+                                              signature.value, request, headers, body)
+            except AuthError as exc:
+                exc.client_id = keyid
+                raise
         raise first_error or invalid_signature("missing_signature")
 
     def _policy(self, member, request: _Request, body: bytes):

@@ -10,8 +10,13 @@ returns the tier achieved, or raises ``AuthError``:
 - 423 ``user_locked`` once ``max_failures`` consecutive wrong answers were given; the lock lasts
   ``lockout_s`` (``Retry-After`` says how long) and then the user starts again with a clean
   count. A success resets the count.
+- 401 ``otp_reused`` with a fresh challenge and ``Retry-After`` (seconds to the next time
+  step) when the code is right but its time step was already accepted: a user who sent the
+  same code twice learns to wait for the next one instead of retyping a "wrong" code. It
+  tells nothing a guesser can use (a used step never opens again) and counts as a failure.
 - 403 ``enrollment_required`` when the user has no active credential for the tier needed (or
-  the route names no user): asking for a code nobody can produce would only loop.
+  the route names no user): asking for a code nobody can produce would only loop. The body's
+  ``missing`` names what to enrol (``totp`` or ``device``) or ``user_id`` when there is no user.
 
 Counting: wrong answers (bad code, replayed code, bad device signature, unknown device,
 challenge for another transaction or a weaker method) count toward the lockout. An answer to
@@ -24,7 +29,9 @@ proven tier already suffices is not a strong authentication and passes untouched
 from __future__ import annotations
 
 import base64
+import math
 import time
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from auth.challenges import Challenge, ChallengeStore
@@ -34,6 +41,13 @@ from auth.errors import AuthError
 from auth.tiers import H_CHALLENGE, H_DEVICE_ID, H_DEVICE_SIGNATURE, H_OTP, tier_rank
 from auth.totp import Totp
 from state.base import StateBackend
+
+
+@dataclass(frozen=True, slots=True)
+class _Reused:
+    """A right TOTP code whose time step was already accepted; the next step starts in
+    ``retry_after_s`` seconds."""
+    retry_after_s: int
 
 
 def _get(headers: Mapping[str, str], name: str) -> str | None:
@@ -92,7 +106,8 @@ class StepUp:
         if tier_rank(proven_tier) >= tier_rank(required_tier):
             return proven_tier
         if not user_id:
-            raise AuthError(403, "enrollment_required", "no_user")
+            raise AuthError(403, "enrollment_required", "no_user",
+                            body={"acr_values": required_tier, "missing": "user_id"})
         lockouts = self._lockouts(user_id, client_id)
 
         challenge_id = _get(headers, H_CHALLENGE)
@@ -120,9 +135,12 @@ class StepUp:
                 # number atomically, so no more than the limit are ever verified.
                 attempts = [await self._state.incr(failures, self._failure_window_s)
                             for failures, _, _ in lockouts]
-                if all(n <= limit for n, (_, _, limit) in zip(attempts, lockouts)) and \
-                        await self._verify(challenge, method, required_tier, user_id,
-                                           request_hash, transaction, code, signature, device_id):
+                verdict = None
+                if all(n <= limit for n, (_, _, limit) in zip(attempts, lockouts)):
+                    verdict = await self._verify(challenge, method, required_tier, user_id,
+                                                 request_hash, transaction, code, signature,
+                                                 device_id)
+                if verdict is True:
                     for failures, _, _ in lockouts:
                         await self._state.delete(failures)
                     self._on_outcome(method, "passed")
@@ -138,6 +156,10 @@ class StepUp:
                 if until is not None:
                     self._on_outcome(method, "locked")
                     raise self._locked(until)
+                if isinstance(verdict, _Reused):
+                    self._on_outcome(method, "reused")
+                    raise await self._issue(required_tier, user_id, request_hash, transaction,
+                                            "otp_reused", event_id, reused=verdict)
                 self._on_outcome(method, "failed")
                 reason = "step_up_failed"
         raise await self._issue(required_tier, user_id, request_hash, transaction, reason,
@@ -152,7 +174,10 @@ class StepUp:
         return await self.challenges.event_of(user_id, challenge_id, request_hash)
 
     async def _verify(self, challenge: Challenge, method: str, required_tier: str, user: str,
-                      req_hash: bytes, transaction: Mapping, code, signature, device_id) -> bool:
+                      req_hash: bytes, transaction: Mapping, code, signature,
+                      device_id) -> bool | _Reused:
+        """True for a valid answer, False for a wrong one, _Reused for a right TOTP code whose
+        time step was already accepted."""
         # The answer must be as strong as both what was asked then and what is needed now
         # (the rules may have changed between the challenge and its answer).
         if tier_rank(method) < max(tier_rank(challenge.method), tier_rank(required_tier)):
@@ -175,7 +200,11 @@ class StepUp:
         if step is None:
             return False
         # Each time step is accepted once per user: an equal or older step is a replay.
-        return await self._state.advance(self._keys(user)[2], step, self.totp.replay_ttl())
+        if await self._state.advance(self._keys(user)[2], step, self.totp.replay_ttl()):
+            return True
+        now = self._clock()
+        next_step = max(step, self.totp.step(now)) + 1
+        return _Reused(max(1, math.ceil(next_step * self.totp.period - now)))
 
     async def _acr(self, required_tier: str, user: str) -> str:
         """The method to ask for: a TOTP code for "otp" (a device when the user has no TOTP
@@ -184,10 +213,13 @@ class StepUp:
             return "otp"
         if await self._store.has_device(user):
             return "device"
-        raise AuthError(403, "enrollment_required", "not_enrolled")
+        raise AuthError(403, "enrollment_required", "not_enrolled",
+                        body={"acr_values": required_tier,
+                                    "missing": "totp" if required_tier == "otp" else "device"})
 
     async def _issue(self, required_tier: str, user: str, req_hash: bytes, transaction: Mapping,
-                     reason: str, event_id: str | None) -> AuthError:
+                     reason: str, event_id: str | None, reused: _Reused | None = None
+                     ) -> AuthError:
         acr = await self._acr(required_tier, user)
         challenge = await self.challenges.issue(user, acr, req_hash, event_id)
         self._on_outcome(acr, "issued")
@@ -198,10 +230,13 @@ class StepUp:
                                       transaction.get("currency"), transaction.get("payee"),
                                       req_hash)
             body["signing_payload"] = base64.b64encode(payload).decode("ascii")
-        header = (f'Txgate-Step-Up error="insufficient_user_authentication", '
-                  f'acr_values="{acr}", challenge="{challenge.id}"')
-        return AuthError(401, "insufficient_user_authentication", reason,
-                         headers={"WWW-Authenticate": header}, body_extra=body)
+        code = "insufficient_user_authentication" if reused is None else "otp_reused"
+        headers = {"WWW-Authenticate": f'Txgate-Step-Up error="{code}", '
+                                       f'acr_values="{acr}", challenge="{challenge.id}"'}
+        if reused is not None:
+            headers["Retry-After"] = str(reused.retry_after_s)
+            body["retry_after"] = reused.retry_after_s
+        return AuthError(401, code, reason, headers=headers, body=body)
 
     async def _limit_client(self, client_id: str, method: str) -> None:
         # Answers are counted per client across all its users: a client guessing codes for

@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import multiprocess
 
 from auth.admin import setup_admin
+from gateway import __version__
+from metrics.identity import BuildInfo, WorkerProcesses
 from state.base import StateError
 from rules import RuleLoadError
 
@@ -37,8 +39,22 @@ async def _json_http_errors(request: web.Request, handler):
                                           if k.lower() == "allow"})
 
 
+def _rules_version(services) -> str | None:
+    try:
+        return services.rulebook.current.version
+    except AttributeError:   # not loaded yet
+        return None
+
+
 def build_admin_app(services, admin_token: str | None) -> web.Application:
     app = web.Application(middlewares=[_json_http_errors])
+    # Computed at each scrape, beside the counters: the build, and under workers the
+    # process metrics of every worker (metrics.identity says why).
+    identity = CollectorRegistry(auto_describe=False)
+    identity.register(BuildInfo(__version__, lambda: _rules_version(services)))
+    supervisor = os.environ.get("TXGATE_SUPERVISOR_PID")
+    if supervisor:
+        identity.register(WorkerProcesses(int(supervisor)))
 
     async def healthz(_):
         return _json({"status": "ok"})
@@ -56,7 +72,14 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
             await services.state.ping()
         except StateError as exc:
             details["state"] = f"unavailable ({exc.operation})"
-            ready = False
+            # Which routes still serve, and how; ready while one does, unless configured not.
+            degraded = {route.name: route.on_state_error for route in services.config.routes
+                        if route.on_state_error != "fail_closed"}
+            details["degraded_routes"] = degraded
+            details["refusing_routes"] = [route.name for route in services.config.routes
+                                          if route.name not in degraded]
+            if not degraded or services.config.readiness.state_down == "unready":
+                ready = False
         return _json({"ready": ready, **details}, 200 if ready else 503)
 
     async def metrics(_):
@@ -66,7 +89,8 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
             multiprocess.MultiProcessCollector(registry)
         else:
             registry = REGISTRY
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(registry) + generate_latest(identity),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def reload_rules(_):
         try:

@@ -4,26 +4,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
+import platform
 import sys
 
+from gateway import logs
 from gateway.errors import UsageError
+from gateway.logs import LEVELS
 
 
 def _parser() -> argparse.ArgumentParser:
+    from gateway import __version__
     parser = argparse.ArgumentParser(prog="txgate", description="Fraud and authentication gateway")
+    parser.add_argument("--version", action="version",
+                        version=f"txgate {__version__} (Python {platform.python_version()})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name, help_text):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", default=None, help="txgate.yaml (default: ./txgate.yaml if present)")
+        p.add_argument("--log-level", default=None, type=str.upper, choices=LEVELS,
+                       help="default: TXGATE_LOG_LEVEL, else INFO (WARNING for the demo)")
         return p
 
     run = command("run", "serve")
     run.add_argument("--workers", type=int, default=1)
     demo = command("demo", "run the embedded demo")
     demo.add_argument("--once", action="store_true", help="exit after the scripted run")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the demo's decision log (removed at exit otherwise)")
+
+    config = sub.add_parser("config", help="check a configuration without starting")
+    csub = config.add_subparsers(dest="action", required=True)
+    csub.add_parser("check").add_argument("--config", default=None)
 
     rules = sub.add_parser("rules", help="check, test and replay rule files")
     rsub = rules.add_subparsers(dest="action", required=True)
@@ -45,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     kind.add_argument("--public-key", metavar="PEM")
     enroll = asub.add_parser("enroll-totp")
     enroll.add_argument("user")
+    enroll.add_argument("--force", action="store_true",
+                        help="replace an enrolled secret (the old authenticator stops working)")
     add_device = asub.add_parser("add-device")
     add_device.add_argument("user")
     add_device.add_argument("--public-key", metavar="PEM", required=True)
@@ -74,22 +89,30 @@ def _rules_dir(args, given: str | None) -> str:
         return given
     if _config_path(args):
         return _load_config(args).rules.path
-    return "rules/default"
+    from gateway.config import DEFAULT_RULES
+    return DEFAULT_RULES
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    quiet = "WARNING" if args.command == "demo" else "INFO"   # the demo's output is its table
-    logging.basicConfig(level=os.environ.get("TXGATE_LOG_LEVEL", quiet),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # The demo's output is its table; a one-shot command's error is its one "txgate:" line.
+    quiet = {"run": "INFO", "demo": "WARNING"}.get(args.command, "CRITICAL")
     from gateway.config import ConfigError
+    try:
+        logs.setup(getattr(args, "log_level", None), default=quiet)
+    except ValueError as exc:   # a bad TXGATE_LOG_LEVEL
+        print(f"txgate: TXGATE_LOG_LEVEL: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.command == "run":
             from gateway.workers import run
             return run(_load_config(args), args.workers)
         if args.command == "demo":
-            from gateway.demo import run_demo
-            return run_demo(once=args.once)
+            from gateway.demo.run import run_demo
+            return run_demo(once=args.once, keep=args.keep)
+        if args.command == "config":
+            from gateway.configcheck import check
+            return check(_config_path(args), sys.stdout, sys.stderr)
         if args.command == "rules":
             return _rules(args)
         return _auth(args)
@@ -128,7 +151,9 @@ def _auth(args) -> int:
     except MasterKeyError as exc:
         raise UsageError(str(exc)) from None
     if config.state.backend == "memory":
-        raise UsageError("credentials need a shared store: set state.backend: redis in the config")
+        raise UsageError("credentials need a shared store: set state.backend: redis in the config "
+                         "(the memory backend lives inside one gateway process: the README's "
+                         "quick start shows a trial on a local redis-server)")
 
     async def go() -> int:
         state = create_backend(config.state.backend, config.state.url, config.state.cluster,
@@ -140,7 +165,8 @@ def _auth(args) -> int:
                 pem = _read(args.public_key) if args.public_key else None
                 return await commands.add_client(store, args.id, args.hmac, pem, sys.stdout)
             if args.action == "enroll-totp":
-                return await commands.enroll_totp(store, args.user, out=sys.stdout)
+                return await commands.enroll_totp(store, args.user, out=sys.stdout,
+                                                  replace=args.force)
             if args.action == "add-device":
                 return await commands.add_device(store, args.user, _read(args.public_key),
                                                  args.name, sys.stdout)

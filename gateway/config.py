@@ -1,6 +1,9 @@
 """``txgate.yaml``: validated once at start into frozen models (interface §3).
 
-Unknown keys are errors, and every error names its key path (``routes[1].upstream: ...``).
+Unknown keys are errors, and every error names its key path (``routes[1].upstream: ...``) and,
+read from a file, its line (``txgate.yaml:12: routes[1].upstream: ...``). Relative paths in a
+file (rules, decision log, TLS and key files) are relative to the file, not to the working
+directory, so that ``txgate run --config /etc/txgate/txgate.yaml`` means the same from anywhere.
 Secrets never live in the file: ``TXGATE_REDIS_URL``, ``TXGATE_ADMIN_TOKEN`` and
 ``TXGATE_MASTER_KEY`` come from the environment.
 """
@@ -13,12 +16,14 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from auth.tiers import TIERS
 from rules import TYPE_KIND
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# The pack shipped inside the package: found wherever txgate is installed or run from.
+DEFAULT_RULES = str(Path(__file__).resolve().parent.parent / "rules" / "default")
 # The highest limits.max_amount: one such amount, in the counters' units of 1e-4, stays below
 # state.window.NUMBER_CAP (2**52), so every increment is exact.
 MAX_AMOUNT_LIMIT = 100_000_000_000
@@ -27,6 +32,10 @@ _SOURCE = re.compile(r"^(?:json:\$(?:\.[A-Za-z_][\w-]*|\[\d+\])+|header:[!#$%&'*
 
 class ConfigError(Exception):
     """The configuration cannot be used; ``str()`` is one line per problem, each naming its key path."""
+
+    def __init__(self, message: str, problems: tuple[tuple[tuple, str], ...] = ()):
+        super().__init__(message)
+        self.problems = problems   # (key path as a pydantic loc, message) per problem
 
 
 class _Strict(BaseModel):
@@ -54,7 +63,7 @@ class StateConfig(_Strict):
 
 
 class RulesConfig(_Strict):
-    path: str = "rules/default"
+    path: str = DEFAULT_RULES
     reload: Literal["watch", "signal", "off"] = "watch"
 
 
@@ -134,6 +143,13 @@ class DecisionLogConfig(_Strict):
     queue_size: int = Field(10_000, gt=0)
 
 
+class ReadinessConfig(_Strict):
+    # "serving": /readyz stays 200 while the state store is down if a route can still serve
+    # (on_state_error fail_open or local), so a load balancer keeps the gateway in rotation;
+    # "unready": 503 whenever the store is down.
+    state_down: Literal["serving", "unready"] = "serving"
+
+
 class FieldSpec(_Strict):
     """Where one transaction attribute comes from and what type it must have."""
 
@@ -176,7 +192,11 @@ class MatchConfig(_Strict):
     @field_validator("methods")
     @classmethod
     def _upper(cls, value):
-        return tuple(m.upper() for m in value)
+        methods = tuple(m.upper() for m in value)
+        unknown = [m for m in methods if m not in HTTP_METHODS]
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r} (expected {', '.join(HTTP_METHODS)})")
+        return methods
 
     @model_validator(mode="after")
     def _one_path(self):
@@ -202,8 +222,14 @@ class RouteConfig(_Strict):
     @classmethod
     def _url(cls, value: str) -> str:
         parts = urlsplit(value)
+        try:
+            parts.port   # raises on a port that is not a number in range
+        except ValueError:
+            raise ValueError("not a URL: bad port (expected http://host:port)") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("not a URL (expected http://host:port)")
+        if parts.query or parts.fragment:
+            raise ValueError("an upstream is scheme://host[:port][/path], without ? or #")
         return value.rstrip("/")
 
     @field_validator("upstream_ca_file")
@@ -245,6 +271,7 @@ class Config(_Strict):
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
     decision_log: DecisionLogConfig = DecisionLogConfig()
+    readiness: ReadinessConfig = ReadinessConfig()
     routes: tuple[RouteConfig, ...] = ()
 
     @field_validator("listen", "admin_listen")
@@ -307,25 +334,68 @@ def parse_config(data: object, environ: dict | None = None) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]
-        raise ConfigError("\n".join(lines)) from None
+        problems = tuple((e["loc"], f"{_key_path(e['loc'])}: {_describe(e)}")
+                         for e in exc.errors())
+        raise ConfigError("\n".join(line for _, line in problems), problems) from None
+
+
+# Keys holding file paths: in a file, a relative one is relative to the file's directory.
+_PATH_KEYS = (("rules", "path"), ("decision_log", "path"), ("auth", "master_key_file"),
+              ("tls", "cert_file"), ("tls", "key_file"), ("tls", "client_ca_file"))
+
+
+def _relative_to(data: dict, base: Path) -> dict:
+    def resolve(value):
+        return str(base / value) if isinstance(value, str) and not Path(value).is_absolute() \
+            else value
+
+    out = dict(data)
+    for section, key in _PATH_KEYS:
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section] = {**out[section], key: resolve(out[section][key])}
+    if isinstance(out.get("routes"), list):
+        out["routes"] = [{**r, "upstream_ca_file": resolve(r["upstream_ca_file"])}
+                         if isinstance(r, dict) and "upstream_ca_file" in r else r
+                         for r in out["routes"]]
+    return out
+
+
+def key_line(data, loc: tuple) -> int:
+    """The line of the deepest key of ``loc`` that the file has (else of its parent)."""
+    # Imported here: the rules package loads the rule engine, which parse_config never needs.
+    from rules.yamlsrc import LineDict, LineList
+    line, node = getattr(data, "line", 1), data
+    for part in loc:
+        if isinstance(node, LineDict) and part in node.key_lines:
+            line, node = node.key_lines[part], node[part]
+        elif isinstance(node, LineList) and isinstance(part, int) and part < len(node):
+            line, node = node.item_lines[part], node[part]
+        elif not isinstance(part, str) or not part.startswith("function-"):
+            break
+    return line
 
 
 def load_config(path: str | Path | None, environ: dict | None = None) -> Config:
-    """Read ``path`` (or the defaults when None) into a validated Config."""
+    """Read ``path`` (or the defaults when None) into a validated Config; every error is one
+    ``FILE:LINE: key.path: message`` line."""
+    from rules.yamlsrc import load_yaml   # see key_line
     if path is None:
         return parse_config({}, environ)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    # The rules' YAML reader: it keeps lines, refuses duplicate keys, and reads `off` as a
+    # word, not as false (`reload: off`).
+    data, problems = load_yaml(text)
+    if problems:
+        raise ConfigError("\n".join(f"{path}:{line}: not valid YAML: "
+                                    f"{message.removeprefix('YAML syntax error: ')}"
+                                    for line, message in problems)) from None
+    resolved = _relative_to(data, Path(path).resolve().parent) if isinstance(data, dict) else data
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    try:
-        return parse_config(data, environ)
+        return parse_config(resolved, environ)
     except ConfigError as exc:
-        raise ConfigError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from None
+        lines = [f"{path}:{key_line(data, loc)}: {message}" for loc, message in exc.problems] \
+            or [f"{path}: {line}" for line in str(exc).splitlines()]
+        raise ConfigError("\n".join(lines), exc.problems) from None

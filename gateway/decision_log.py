@@ -25,7 +25,8 @@ class FileSink:
 
     def __init__(self, path: str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The directory is the deployment's (systemd LogsDirectory=, a volume): creating one
+        # wherever a config points would leave root-owned folders behind.
         self._file = open(self.path, "ab", buffering=1024 * 1024)
 
     async def write(self, lines: list[bytes]) -> None:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from auth.errors import RequestError
 
-class GatewayError(Exception):
-    """A request that ends here with ``status`` and the error ``code`` of the contract (§5)."""
+# Only a malformed request is told what was wrong (a field or header, never a rule).
+_EXPLAINED = (400, 415)
+
+
+class GatewayError(RequestError):
+    """A request that ends here with ``status`` and the error ``code`` of docs/protocol.md."""
 
     def __init__(self, status: int, code: str, message: str | None = None,
                  headers: dict[str, str] | None = None):
-        super().__init__(message or code)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
+        super().__init__(status, code, message or code, headers,
+                         {"message": message} if message and status in _EXPLAINED else None)
 
 
 class InvalidRequest(GatewayError):

@@ -9,8 +9,8 @@
     forward                          (gateway.forward)
     record                           (gateway.record: on-allow counters, metrics, decision log)
 
-A stage that decides ends the request by raising GatewayError or AuthError; the answer to
-both is built in gateway.responses. Every request is recorded, whatever ended it.
+A stage that decides ends the request by raising a RequestError (GatewayError, AuthError);
+the answer is built in gateway.responses. Every request is recorded, whatever ended it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import uuid
 import aiohttp
 from aiohttp import web
 
-from auth.errors import AuthError, invalid_signature
+from auth.errors import RequestError, invalid_signature
 from auth.signatures import client_id_from_certificate
 from auth.challenges import request_hash
 from auth.tiers import H_CHALLENGE, tier_rank
@@ -33,6 +33,7 @@ from gateway.errors import GatewayError, StateUnavailable
 from gateway.exchange import Exchange
 from gateway.features import builtin_attributes
 from gateway.forward import stream_back, upstream_headers
+from gateway.logs import REQUEST_ID
 from gateway.responses import error_response
 from gateway.routing import check_path
 from state.base import StateError
@@ -49,6 +50,7 @@ class Pipeline:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ex = Exchange(request, uuid.uuid4().hex, time.perf_counter(), self.s.shared_side)
+        logged_as = REQUEST_ID.set(ex.request_id)   # every log line of this request carries it
         try:
             check_path(request.raw_path)
             route = ex.route = self.s.router.match(request.method, request.path, request.host)
@@ -67,7 +69,7 @@ class Pipeline:
                 self.decide(ex)
                 await self.step_up(ex)   # refuses a denied transaction before any challenge
                 return await self.forward(ex)
-        except (GatewayError, AuthError) as exc:
+        except RequestError as exc:
             ex.error = exc
             return error_response(exc, ex.request_id)
         except Exception:
@@ -82,6 +84,7 @@ class Pipeline:
                 # leaves, so that a step-up repeat never races its own withdrawal.
                 await self.s.recorder.settle(ex)
             self.s.recorder.record(ex)
+            REQUEST_ID.reset(logged_as)
 
     async def authenticate(self, ex: Exchange) -> None:
         """The stateless half of the signature check; the single-use claims it yields ride on
@@ -200,7 +203,8 @@ class Pipeline:
         req, route = ex.request, ex.route
         added = {"Txgate-Request-Id": ex.request_id, "Txgate-Tier": ex.tier}
         if ex.decision is not None:
-            added["Txgate-Decision"] = ex.decision.action
+            # What happened, as the decision log says it: a step-up the request passed is an allow.
+            added["Txgate-Decision"] = "review" if ex.decision.action == "review" else "allow"
             added["Txgate-Risk-Score"] = _score(ex.decision.score)
         host = route.host_for(req.host) if route.config.match.hosts else self.s.config.public_host
         headers = upstream_headers(req.headers, client_ip=req.remote or "unknown", proto=req.scheme,

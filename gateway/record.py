@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 import time
 
-from auth.errors import AuthError
 from state.base import StateError
 from metrics.definitions import (AUTH_FAILURES, BAD_REQUESTS, OVERHEAD, REQUESTS, RISK_SCORE,
                                  RULE_HITS, STATE_ERRORS, UNMATCHED_ROUTE)
 
 log = logging.getLogger("txgate.record")
 # A challenge, a locked user and a user with nothing enrolled are all "the rules wanted more".
-_STEP_UP_CODES = frozenset({"insufficient_user_authentication", "user_locked", "enrollment_required",
-                            "too_many_attempts"})
+_STEP_UP_CODES = frozenset({"insufficient_user_authentication", "otp_reused", "user_locked",
+                            "enrollment_required", "too_many_attempts"})
 
 
 def outcome(ex) -> str:
@@ -23,9 +22,9 @@ def outcome(ex) -> str:
         return "error"   # the client went away before an answer
     if error is None:
         return "review" if ex.decision is not None and ex.decision.action == "review" else "allow"
-    if isinstance(error, AuthError) and error.code in _STEP_UP_CODES:
+    if error.code in _STEP_UP_CODES:
         return "step_up"
-    if getattr(error, "code", None) == "transaction_denied":
+    if error.code == "transaction_denied":
         return "deny"
     return "error"
 
@@ -39,8 +38,13 @@ class Recorder:
         decided = outcome(ex)
         REQUESTS.labels(route, decided).inc()
         if decided == "error" and ex.error is not None:
-            if isinstance(ex.error, AuthError) and ex.error.code == "invalid_signature":
+            if ex.error.code == "invalid_signature":   # always an AuthError: it has a reason
                 AUTH_FAILURES.labels(ex.error.reason).inc()
+                # The reason and the claimed keyid only: never a signature or a secret.
+                log.info("signature refused: %s", ex.error.reason, extra={
+                    "event": "signature_refused", "reason": ex.error.reason,
+                    "client_id": ex.client_id or ex.error.client_id,
+                    "request_id": ex.request_id, "route": route})
             else:
                 BAD_REQUESTS.labels(route, ex.error.code).inc()
         elapsed = time.perf_counter() - ex.started

@@ -54,7 +54,9 @@ class RuleBook:
             self.last_error = "\n".join(exc.errors)
             if self._active is not None:   # at start-up the caller reports it and exits
                 log.error("rule reload failed, keeping version %s:\n%s",
-                          self._active.rules.version, self.last_error)
+                          self._active.rules.version, self.last_error,
+                          extra={"event": "rules_reload", "outcome": "failure",
+                                 "version": self._active.rules.version})
             raise
         old = self._active
         self._active = _Active(rules)
@@ -72,7 +74,8 @@ class RuleBook:
         RULES_RELOADS.labels("success").inc()
         self.last_error = None
         log.info("rules version %s loaded: %d rules, %d counters", rules.version,
-                 len(rules.rules), len(rules.counters))
+                 len(rules.rules), len(rules.counters),
+                 extra={"event": "rules_reload", "outcome": "success", "version": rules.version})
         return rules
 
     @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """Run txgate: the proxy on ``listen``, the admin server on ``admin_listen``, clean shutdown.
 
 SIGTERM stops accepting, lets in-flight requests finish (up to ``limits.shutdown_grace_s``),
-flushes the decision log and exits 0. SIGHUP reloads the rules when ``reload: signal`` and the
-TLS certificate and key when ``tls`` is set (both, when both are configured).
+flushes the decision log and exits 0. SIGHUP reloads the rules unless ``reload: off`` (with
+``watch`` too: an operator who just edited a file should not have to wait for the poll) and
+the TLS certificate and key when ``tls`` is set.
 
 ``limits.client_timeout_s`` bounds a slow client: aiohttp closes a connection whose request
 headers are not complete within it (its keep-alive timer, which also runs while headers are
@@ -118,8 +119,10 @@ class GatewayServer:
         log.info("TLS certificate reloaded from %s", tls.cert_file)
 
     def _on_sighup(self) -> None:
-        if self.config.rules.reload == "signal":
+        if self.config.rules.reload != "off":
             self.services.rulebook.reload_quietly()
+        elif self.tls is None:
+            log.warning("SIGHUP ignored: rules.reload is off and there is no TLS to reload")
         if self.tls is not None:
             self.reload_tls()
 
@@ -127,8 +130,7 @@ class GatewayServer:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
-        if self.config.rules.reload == "signal" or self.tls is not None:
-            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         # SIGUSR1 is the workers' internal "reload now": the supervisor broadcasts it when
         # one worker was asked through the admin API, so that every worker reloads.
         loop.add_signal_handler(signal.SIGUSR1, self.services.rulebook.reload_quietly)

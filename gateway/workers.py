@@ -39,7 +39,10 @@ def serve(config, master_key, admin_token: str | None, reuse_port: bool) -> int:
     _install_uvloop()
 
     async def main() -> int:
-        server = GatewayServer(config, master_key, admin_token, reuse_port=reuse_port)
+        try:
+            server = GatewayServer(config, master_key, admin_token, reuse_port=reuse_port)
+        except OSError as exc:   # a file of the config (decision log, TLS) cannot be opened
+            raise StartupError(f"cannot open {exc.filename}: {exc.strerror or exc}") from None
         try:
             await server.start()
         except RuleLoadError as exc:

@@ -8,7 +8,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 DECISIONS = ("allow", "review", "step_up", "deny", "error")
 STEPUP_METHODS = ("otp", "device")
-STEPUP_OUTCOMES = ("issued", "passed", "failed", "expired", "locked", "limited")
+STEPUP_OUTCOMES = ("issued", "passed", "failed", "reused", "expired", "locked", "limited")
 RELOAD_OUTCOMES = ("success", "failure")
 # gateway.forward's error codes without their "upstream_" prefix, plus "stream" (the answer broke
 # after its status line was sent).

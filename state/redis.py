@@ -14,6 +14,7 @@ from redis.retry import Retry
 
 from state import velocity_script
 from state.base import StateBackend, StateError
+from state.health import Health
 from state.ops import Batch, Trip
 from state.redis_direct import DirectLane
 from state.scripts import ADVANCE, INCR, Script
@@ -59,6 +60,7 @@ class RedisBackend(StateBackend):
         # at once can race that and fail (seen: ConnectionError in ~10 % of fresh clients with
         # five concurrent scripts), so the first caller maps them and the others wait for it.
         self._mapped = not cluster
+        self._health = Health("redis cluster" if cluster else "redis")
         self._mapping = asyncio.Lock()
 
     async def _direct(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -70,31 +72,39 @@ class RedisBackend(StateBackend):
                 await self._slots.acquire()
                 acquired = True
                 try:
-                    return await call()
+                    result = await call()
                 finally:
                     self._slots.release()
         except TimeoutError:
-            raise StateError(operation, "TimeoutError" if acquired
-                             else "no free connection within timeout") from None
+            raise self._failed(operation, "TimeoutError" if acquired
+                               else "no free connection within timeout") from None
         except (RedisError, OSError) as exc:
             # The message names the failure's kind only: keys and values may be secrets.
-            raise StateError(operation, type(exc).__name__) from None
+            raise self._failed(operation, type(exc).__name__) from None
+        self._health.answered()
+        return result
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._slots.acquire()
         except TimeoutError:
-            raise StateError(operation, "no free connection within timeout") from None
+            raise self._failed(operation, "no free connection within timeout") from None
         try:
             if not self._mapped:
                 await self._map_slots()
-            return await call()
+            result = await call()
         except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
             # The message names the failure's kind only: keys and values may be secrets.
-            raise StateError(operation, type(exc).__name__) from None
+            raise self._failed(operation, type(exc).__name__) from None
         finally:
             self._slots.release()
+        self._health.answered()
+        return result
+
+    def _failed(self, operation: str, kind: str) -> StateError:
+        self._health.failed(operation, kind)
+        return StateError(operation, kind)
 
     async def _map_slots(self) -> None:
         async with self._mapping:

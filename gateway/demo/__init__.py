@@ -1,5 +1,2 @@
-"""``txgate demo``: a demo upstream, the gateway on the memory backend and scripted traffic."""
-
-from gateway.demo.run import run_demo
-
-__all__ = ["run_demo"]
+"""``txgate demo``: a demo upstream, the gateway on the memory backend and scripted traffic
+(``gateway.demo.run``); the upstream alone also runs as ``python -m gateway.demo.upstream PORT``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,8 +163,19 @@ def _log_entry(path: Path, request_id: str) -> dict | None:
     return None
 
 
-async def _demo(once: bool) -> int:
+async def _demo(once: bool, keep: bool) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="txgate-demo-"))
+    try:
+        return await _run(workdir, once)
+    finally:
+        # The demo leaves nothing behind unless asked: it runs on every `make demo`.
+        if keep:
+            Console().print(f"kept: decision log {workdir / 'decisions.jsonl'}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _run(workdir: Path, once: bool) -> int:
     decision_log = workdir / "decisions.jsonl"
     upstream_runner = web.AppRunner(demo_upstream(), access_log=None)
     await upstream_runner.setup()
@@ -197,8 +209,9 @@ async def _demo(once: bool) -> int:
     for row in rows:
         table.add_row(row.step, row.request, str(row.status), row.decision, row.tier, row.score, row.rules)
     console.print(table)
-    console.print(f"decision log: {decision_log}   metrics: http://127.0.0.1:{server.ports['admin']}/metrics")
     if not once:
+        console.print(f"decision log: {decision_log}   "
+                      f"metrics: http://127.0.0.1:{server.ports['admin']}/metrics")
         console.print("serving until Ctrl-C")
         server.install_signals()
         await server.serve()
@@ -208,5 +221,7 @@ async def _demo(once: bool) -> int:
     return 0
 
 
-def run_demo(once: bool = False) -> int:
-    return asyncio.run(_demo(once))
+def run_demo(once: bool = False, keep: bool = False) -> int:
+    """The scripted run (then serve until Ctrl-C unless ``once``); its temporary directory,
+    decision log included, is removed at the end unless ``keep``."""
+    return asyncio.run(_demo(once, keep))

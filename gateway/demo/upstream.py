@@ -1,11 +1,13 @@
 """The demo's platform API: payments, transfers, loans, wealth orders and accounts.
 
 It trusts what txgate tells it (``Txgate-Decision``, ``Txgate-Tier``) and echoes it back, so
-the demo can show what reached the platform."""
+the demo can show what reached the platform. ``python -m gateway.demo.upstream PORT`` serves it
+alone on 127.0.0.1, as the README's quick start does."""
 
 from __future__ import annotations
 
 import itertools
+import sys
 
 from aiohttp import web
 
@@ -52,3 +54,8 @@ def demo_upstream() -> web.Application:
     app.router.add_post("/v1/wealth/orders", wealth)
     app.router.add_get("/v1/accounts/{id}", account)
     return app
+
+
+if __name__ == "__main__":
+    web.run_app(demo_upstream(), host="127.0.0.1", port=int(sys.argv[1]), print=None,
+                access_log=None)

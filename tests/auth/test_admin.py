@@ -64,6 +64,14 @@ def test_credential_lifecycle(store):
         uri = (await response.json())["otpauth_uri"]
         assert response.status == 201 and uri.startswith("otpauth://totp/txgate:alice?secret=")
         remember(uri.split("secret=")[1].split("&")[0])
+        response = await client.post("/admin/totp/alice", headers=AUTH)
+        assert (response.status, (await response.json())["error"]) == (409, "already_exists")
+        response = await client.post("/admin/totp/alice", json={"replace": "yes"}, headers=AUTH)
+        assert response.status == 400
+        response = await client.post("/admin/totp/alice", json={"replace": True}, headers=AUTH)
+        replaced = (await response.json())["otpauth_uri"]
+        assert response.status == 201 and replaced != uri
+        remember(replaced.split("secret=")[1].split("&")[0])
 
         response = await client.post("/admin/devices/alice", json={"public_key": _pem(),
                                                                     "name": "phone"},

@@ -22,7 +22,7 @@ BODY = '{"user_id":"alice","amount":20,"currency":"EUR"}'
 
 
 def snippet(name: str) -> str:
-    for block in re.findall(r"```sh\n(.*?)```", DOC.read_text(), re.S):
+    for block in re.findall(r"```sh[^\n]*\n(.*?)```", DOC.read_text(), re.S):
         if block.startswith(f"# {name}"):
             return block
     raise AssertionError(f"{name} not found in {DOC}")
@@ -73,11 +73,9 @@ def test_device_signing_commands(store, state, clock, tmp_path, kind, line):
     tx = {"amount": 20, "currency": "EUR", "payee": "DE02"}
     with pytest.raises(AuthError) as info:
         run(stepup.check("device", "client", "alice", rh, tx, {}))
-    challenge = info.value.body_extra
-    block = next(b for b in re.findall(r"```sh\n(.*?)```", DOC.read_text(), re.S)
-                 if b.startswith("printf %s \"$SIGNING_PAYLOAD\""))
-    commands = block.splitlines()
-    script = commands[0] + "\n" + commands[line].split("#")[0].replace("phone.pem", str(private))
+    challenge = info.value.body
+    blocks = re.findall(r"```sh device\n(.*?)```", DOC.read_text(), re.S)
+    script = blocks[line - 1].replace("phone.pem", str(private))
     signature = subprocess.run(["bash", "-euc", script], cwd=tmp_path, check=True, text=True,
                                capture_output=True,
                                env={"PATH": "/usr/bin:/bin",

@@ -52,6 +52,20 @@ def test_given_secrets_are_kept(store):
         "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
 
 
+def test_enroll_totp_replaces_an_active_secret_only_when_asked(store):
+    first = run(store.enroll_totp("carol"))
+    remember(first)
+    with pytest.raises(CredentialError, match="already enrolled") as info:
+        run(store.enroll_totp("carol"))
+    assert info.value.status == 409
+    assert run(store.totp_secret("carol")) == first          # untouched
+    second = run(store.enroll_totp("carol", replace=True))
+    remember(second)
+    assert run(store.totp_secret("carol")) == second != first
+    run(store.revoke("totp", "carol"))                        # a revoked one needs no force
+    remember(run(store.enroll_totp("carol")))
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda s: s.add_hmac_client("c", "short"), "at least 32 bytes"),
     (lambda s: s.enroll_totp("u", "JBSWY3DPEHPK3PXP"), "at least 128 bits"),

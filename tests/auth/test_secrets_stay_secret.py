@@ -40,13 +40,13 @@ def test_failures_expose_only_fixed_labels(store, state, clock):
     wrong = "000000" if code != "000000" else "111111"
     with pytest.raises(AuthError) as info:
         run(stepup.check("otp", "client", "alice", rh, {},
-                         {"Txgate-Challenge": errors[-1].body_extra["challenge"],
+                         {"Txgate-Challenge": errors[-1].body["challenge"],
                           "Txgate-OTP": wrong}))
     errors.append(info.value)
 
     for error in errors:
         assert REASON.fullmatch(error.reason)
-        text = " ".join([str(error), repr(error), str(error.headers), str(error.body_extra)])
+        text = " ".join([str(error), repr(error), str(error.headers), str(error.body)])
         for value in (secret, totp_secret, code, wrong):
             assert value not in text
 

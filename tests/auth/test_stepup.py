@@ -47,7 +47,7 @@ def refused(stepup, **kwargs) -> AuthError:
 def challenge(stepup, **kwargs) -> dict:
     error = refused(stepup, **kwargs)
     assert error.status == 401 and error.code == "insufficient_user_authentication"
-    return error.body_extra
+    return error.body
 
 
 def code(stepup, clock, offset=0) -> str:
@@ -69,7 +69,7 @@ def test_sufficient_tier_passes_without_a_challenge(stepup, outcomes):
 def test_challenge_is_issued_as_the_contract_says(stepup, outcomes):
     error = refused(stepup)
     assert error.status == 401 and error.code == "insufficient_user_authentication"
-    ch = error.body_extra
+    ch = error.body
     assert ch["acr_values"] == "otp" and ch["challenge"].startswith("ch_")
     assert ch["expires_in"] == 300 and "signing_payload" not in ch
     assert error.headers["WWW-Authenticate"] == (
@@ -78,11 +78,15 @@ def test_challenge_is_issued_as_the_contract_says(stepup, outcomes):
     assert outcomes == [("otp", "issued")]
 
 
-def test_no_enrolment_is_403(stepup, store):
+def test_no_enrolment_is_403_and_names_what_to_enrol(stepup, store):
     error = refused(stepup, user="nobody")
     assert (error.status, error.code) == (403, "enrollment_required")
-    assert refused(stepup, required="device").status == 403     # alice has no device
-    assert refused(stepup, user=None).status == 403
+    assert error.body == {"acr_values": "otp", "missing": "totp"}
+    error = refused(stepup, required="device")     # alice has a TOTP secret but no device
+    assert error.status == 403
+    assert error.body == {"acr_values": "device", "missing": "device"}
+    error = refused(stepup, user=None)
+    assert error.status == 403 and error.body["missing"] == "user_id"
 
 
 # -- TOTP -----------------------------------------------------------------------------------
@@ -110,15 +114,27 @@ def test_oathtool_code_is_accepted(stepup, clock):
     assert check(stepup, headers=otp_answer(challenge(stepup), value)) == "otp"
 
 
-def test_otp_replay_within_its_window_is_refused(stepup, clock):
+def test_otp_replay_within_its_window_is_refused_as_reused(stepup, clock, outcomes):
+    clock.now = 30 * (int(clock.now) // 30) + 3    # 3 s into a time step
     value = code(stepup, clock)
     assert check(stepup, headers=otp_answer(challenge(stepup), value)) == "otp"
     clock.advance(5)
     error = refused(stepup, headers=otp_answer(challenge(stepup), value))
-    assert error.status == 401 and error.reason == "step_up_failed"
+    # The same 401 with a new challenge, but saying why and when the next code comes.
+    assert (error.status, error.code, error.reason) == (401, "otp_reused", "otp_reused")
+    assert error.headers["Retry-After"] == "22" and error.body["retry_after"] == 22
+    assert error.body["challenge"].startswith("ch_")
+    assert 'error="otp_reused"' in error.headers["WWW-Authenticate"]
+    assert outcomes[-2:] == [("otp", "reused"), ("otp", "issued")]
     # an older step within the window is refused too once a newer one was accepted
     error = refused(stepup, headers=otp_answer(challenge(stepup), code(stepup, clock, -1)))
-    assert error.reason == "step_up_failed"
+    assert error.code == "otp_reused"
+    # a wrong code is still just wrong
+    wrong = next(f"{n:06d}" for n in range(3) if f"{n:06d}" not in
+                 {code(stepup, clock, k) for k in (-1, 0, 1)})
+    error = refused(stepup, headers=otp_answer(challenge(stepup), wrong))
+    assert (error.code, error.reason) == ("insufficient_user_authentication", "step_up_failed")
+    assert "Retry-After" not in error.headers
     # the next time step is fine
     clock.advance(30)
     assert check(stepup, headers=otp_answer(challenge(stepup), code(stepup, clock))) == "otp"
@@ -129,7 +145,7 @@ def test_brute_force_locks_and_the_lock_expires(stepup, clock, outcomes):
     wrong = [f"{n:06d}" for n in range(10) if f"{n:06d}" != right]
     for attempt in range(4):
         error = refused(stepup, headers=otp_answer(challenge(stepup), wrong[attempt]))
-        assert error.status == 401 and "challenge" in error.body_extra   # a new challenge
+        assert error.status == 401 and "challenge" in error.body   # a new challenge
     error = refused(stepup, headers=otp_answer(challenge(stepup), wrong[4]))
     assert (error.status, error.code) == (423, "user_locked")
     assert int(error.headers["Retry-After"]) == 900
@@ -154,7 +170,7 @@ def test_failure_does_not_say_what_was_wrong(stepup, clock):
                                         right),
     }
     errors = [refused(stepup, headers=h) for h in answers.values()]
-    shapes = {(e.status, e.code, tuple(sorted(e.body_extra)), tuple(sorted(e.headers)))
+    shapes = {(e.status, e.code, tuple(sorted(e.body)), tuple(sorted(e.headers)))
               for e in errors}
     assert len(shapes) == 1
     for error in errors:

@@ -33,7 +33,7 @@ def answer(stepup, client, user="alice", code="000000") -> AuthError:
         run(stepup.check("otp", "client", user, RH, {**TX, "user_id": user}, {}, client_id=client))
     if info.value.status != 401:   # locked already: no challenge to answer
         return info.value
-    challenge = info.value.body_extra["challenge"]
+    challenge = info.value.body["challenge"]
     with pytest.raises(AuthError) as info:
         run(stepup.check("otp", "client", user, RH, {**TX, "user_id": user},
                          {"Txgate-Challenge": challenge, "Txgate-OTP": code}, client_id=client))

@@ -34,7 +34,7 @@ def test_a_concurrent_burst_of_wrong_answers_is_cut_at_the_limit(redis_server):
             try:
                 await stepup.check("otp", "client", "alice", RH, TX, {})
             except AuthError as error:
-                challenges.append(error.body_extra["challenge"])
+                challenges.append(error.body["challenge"])
 
         async def answer(challenge):
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import os
 import subprocess
 
@@ -38,7 +39,55 @@ def assert_clean_error(result: subprocess.CompletedProcess) -> list[str]:
 def test_config_errors_name_the_file_and_key_path(tmp_path):
     config = write_config(tmp_path, {"routes": [{"name": "p", "match": {"path": "/p"}, "upstream": "nope"}]})
     lines = assert_clean_error(txgate("run", "--config", config, env={"TXGATE_MASTER_KEY": KEY}))
-    assert lines == [f"txgate: {config}: routes[0].upstream: not a URL (expected http://host:port)"]
+    assert lines == [f"txgate: {config}:5: routes[0].upstream: not a URL (expected http://host:port)"]
+
+
+def test_config_check_reports_every_problem_with_its_line(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.yaml").write_text("version: 1\nrules:\n  - id: X-1\n    when: amount > 10 and colour == 'red'\n"
+                                  "    action: deny\n")
+    config = tmp_path / "txgate.yaml"
+    config.write_text("rules: {path: rules}\n"
+                      "decision_log: {path: logs/decisions.jsonl}\n"
+                      "routes:\n"
+                      "  - name: pay\n"
+                      "    match: {path: /pay}\n"
+                      "    upstream: http://127.0.0.1:9000\n"
+                      "    transaction: {amount: json:$.amount}\n")
+    lines = assert_clean_error(txgate("config", "check", "--config", str(config)))
+    assert lines[0] == f"txgate: {rules / 'r.yaml'}:4: unknown attribute 'colour': not a transaction field, built-in or counter"
+    assert lines[1].startswith(f"txgate: {config}:1: no master key: set TXGATE_MASTER_KEY")
+    assert lines[2] == (f"txgate: {config}:2: decision_log.path: directory {tmp_path / 'logs'} "
+                        "does not exist (txgate does not create it)")
+    assert len(lines) == 3
+    # Fixed, it says so and exits 0; the running server is not needed.
+    (rules / "r.yaml").write_text("version: 1\nrules:\n  - id: X-1\n    when: amount > 10\n    action: deny\n")
+    (tmp_path / "logs").mkdir()
+    ok = txgate("config", "check", "--config", str(config), env={"TXGATE_MASTER_KEY": KEY})
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().splitlines()[-1].startswith(f"{config}: OK: 1 routes, 1 rules (version ")
+    # Bad keys and values stop at the file: every one of them, each with its line.
+    config.write_text("routes:\n  - name: pay\n    match: {path: /pay, methods: [GTE]}\n"
+                      "    upstream: http://h:port\n    colour: red\n")
+    lines = assert_clean_error(txgate("config", "check", "--config", str(config)))
+    assert [line.split(": ")[1] for line in lines] == [f"{config}:3", f"{config}:4", f"{config}:5"]
+
+
+def test_the_decision_log_directory_is_never_created(tmp_path):
+    config = write_config(tmp_path, {"decision_log": {"path": "nowhere/decisions.jsonl"},
+                                     "routes": [], "listen": "127.0.0.1:0",
+                                     "admin_listen": "127.0.0.1:0"})
+    lines = assert_clean_error(txgate("run", "--config", config, env={"TXGATE_MASTER_KEY": KEY}))
+    assert lines == [f"txgate: cannot open {tmp_path / 'nowhere' / 'decisions.jsonl'}: "
+                     "No such file or directory"]
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_version():
+    result = txgate("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"txgate {importlib.metadata.version('txgate')} (Python ")
 
 
 def test_workers_need_the_redis_backend(tmp_path):
@@ -86,6 +135,11 @@ def test_auth_commands_manage_credentials_on_redis(tmp_path, redis_server):
     assert dump and secret.encode() not in dump   # encrypted at rest
     enrolled = txgate("auth", "enroll-totp", "alice", "--config", config, env=env)
     assert enrolled.returncode == 0 and "otpauth://totp/" in enrolled.stdout
+    again = txgate("auth", "enroll-totp", "alice", "--config", config, env=env)
+    assert "already enrolled" in assert_clean_error(again)[0] and "--force" in again.stderr
+    forced = txgate("auth", "enroll-totp", "alice", "--force", "--config", config, env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.split("secret=")[1][:32] != enrolled.stdout.split("secret=")[1][:32]
     listed = txgate("auth", "list", "--config", config, env=env)
     assert "shop-1" in listed.stdout and "alice" in listed.stdout and secret not in listed.stdout
     revoked = txgate("auth", "revoke", "client", "shop-1", "--config", config, env=env)
@@ -100,8 +154,15 @@ def test_auth_commands_refuse_the_memory_backend(tmp_path):
     assert "state.backend: redis" in lines[0]
 
 
-def test_demo_once_prints_its_table():
-    result = txgate("demo", "--once", env={"COLUMNS": "200"})
+def test_demo_once_prints_its_table_and_leaves_nothing_unless_kept(tmp_path):
+    result = txgate("demo", "--once", env={"COLUMNS": "200", "TMPDIR": str(tmp_path)})
+    assert list(tmp_path.iterdir()) == []
+    kept = txgate("demo", "--once", "--keep", env={"COLUMNS": "300", "TMPDIR": str(tmp_path)})
+    assert kept.returncode == 0, kept.stderr
+    [workdir] = tmp_path.iterdir()
+    log = workdir / "decisions.jsonl"
+    assert f"kept: decision log {log}" in kept.stdout.replace("\n", "")
+    assert len(log.read_text().splitlines()) >= 8
     assert result.returncode == 0, result.stderr
     assert "txgate decisions" in result.stdout
     rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 5}
@@ -116,8 +177,9 @@ def test_demo_once_prints_its_table():
 
 
 def test_replay_a_real_decision_log_under_a_candidate_pack(tmp_path):
-    demo = txgate("demo", "--once", env={"COLUMNS": "300"})
-    log = next(line.split()[2] for line in demo.stdout.splitlines() if line.startswith("decision log: "))
+    demo = txgate("demo", "--once", "--keep", env={"COLUMNS": "300", "TMPDIR": str(tmp_path)})
+    log = next(line.split()[3] for line in demo.stdout.splitlines()
+               if line.startswith("kept: decision log "))
     candidate = tmp_path / "candidate"
     candidate.mkdir()
     for source in (ROOT / "rules" / "default").glob("*.yaml"):

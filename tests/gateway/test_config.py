@@ -1,6 +1,10 @@
 import pytest
 
+from pathlib import Path
+
 from gateway.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ROUTE = {"name": "payments", "match": {"path": "/v1/payments", "methods": ["POST"]},
          "upstream": "http://127.0.0.1:9000"}
@@ -17,7 +21,8 @@ def test_defaults_match_the_contract():
     assert config.listen == "0.0.0.0:8080"
     assert config.admin_listen == "127.0.0.1:9090"
     assert config.state.backend == "memory" and config.state.timeout_ms == 100
-    assert config.rules.path == "rules/default" and config.rules.reload == "watch"
+    # The shipped pack, wherever txgate runs from.
+    assert config.rules.path == str(ROOT / "rules" / "default") and config.rules.reload == "watch"
     assert config.limits.max_body_bytes == 1048576 and config.limits.upstream_timeout_s == 10
     assert config.auth.totp.max_failures == 5 and config.auth.totp.lockout_s == 900
     assert config.auth.challenge_ttl_s == 300
@@ -73,8 +78,53 @@ def test_file_errors_carry_the_file_name(tmp_path):
     with pytest.raises(ConfigError, match=r"txgate\.yaml:\d+: not valid YAML"):
         load_config(path)
     path.write_text("state: {backend: postgres}\n")
-    with pytest.raises(ConfigError, match=r"txgate\.yaml: state\.backend: "):
+    with pytest.raises(ConfigError, match=r"txgate\.yaml:1: state\.backend: "):
         load_config(path)
+
+
+def test_file_errors_carry_the_line_of_each_key_all_at_once(tmp_path):
+    path = tmp_path / "txgate.yaml"
+    path.write_text(
+        "listen: 127.0.0.1:8080\n"                                    # 1
+        "routes:\n"                                                   # 2
+        "  - name: pay\n"                                             # 3
+        "    match: {path: /pay, methods: [POST, GTE]}\n"             # 4
+        "    upstream: http://127.0.0.1:99999\n"                      # 5
+        "  - name: read\n"                                            # 6
+        "    match: {path_prefix: /r}\n"                              # 7
+        "    upstream: http://127.0.0.1:9000\n"                       # 8
+        "    on_state_error: fail_opn\n"                              # 9
+        "    colour: blue\n")                                         # 10
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    lines = str(info.value).splitlines()
+    assert f"{path}:4: routes[0].match.methods: unknown method 'GTE' (expected GET, HEAD, " \
+           "POST, PUT, PATCH, DELETE, OPTIONS)" in lines
+    assert f"{path}:5: routes[0].upstream: not a URL: bad port (expected http://host:port)" \
+        in lines
+    assert any(line.startswith(f"{path}:9: routes[1].on_state_error: ") for line in lines)
+    assert f"{path}:10: routes[1].colour: unknown key" in lines
+    assert len(lines) == 4
+
+
+def test_duplicate_keys_are_errors_and_off_is_a_word(tmp_path):
+    path = tmp_path / "txgate.yaml"
+    path.write_text("rules: {reload: off}\nlisten: 127.0.0.1:1\nlisten: 127.0.0.1:2\n")
+    with pytest.raises(ConfigError, match=r"txgate\.yaml:3: not valid YAML: duplicate key"):
+        load_config(path)
+    path.write_text("rules: {reload: off}\n")
+    assert load_config(path).rules.reload == "off"
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path):
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "txgate.yaml"
+    path.write_text("rules: {path: rules}\ndecision_log: {path: log/d.jsonl}\n"
+                    "auth: {master_key_file: /abs/key}\n")
+    config = load_config(path)
+    assert config.rules.path == str(tmp_path / "etc" / "rules")
+    assert config.decision_log.path == str(tmp_path / "etc" / "log" / "d.jsonl")
+    assert config.auth.master_key_file == "/abs/key"
 
 
 def test_an_attribute_has_one_type_across_routes():

@@ -13,5 +13,5 @@ def test_example_config_loads_and_the_default_pack_fits_its_routes():
     config = load_config(ROOT / "examples" / "txgate.yaml", environ={})
     assert [r.name for r in config.routes] == ["payments", "transfers", "loans", "wealth", "accounts"]
     # Attribute names and literal types of every rule are checked against the routes' fields.
-    with load_rules(ROOT / config.rules.path, Router.of(config).attribute_types()) as rules:
+    with load_rules(config.rules.path, Router.of(config).attribute_types()) as rules:
         assert len(rules.rules) >= 50

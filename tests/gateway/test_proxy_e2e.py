@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
+import platform
+import re
 import socket
 import threading
 import time
@@ -186,6 +189,12 @@ def test_metrics_and_health_endpoints(gateway):
     text = gateway.metrics()
     assert 'txgate_requests_total{decision="allow",route="passthrough"}' in text
     assert "txgate_rules_info{" in text
+    build = re.search(r'^txgate_build_info\{python="([^"]+)",rules_version="([^"]+)",'
+                      r'version="([^"]+)"\} 1\.0$', text, re.M)
+    assert build and build.group(2) == ready["rules"]
+    assert build.group(1) == platform.python_version()
+    assert build.group(3) == importlib.metadata.version("txgate")
+    assert "process_resident_memory_bytes " in text and "python_info{" in text
 
 
 def test_sigterm_lets_in_flight_requests_finish_and_flushes_the_log(start_gateway, upstream, tmp_path):

@@ -4,6 +4,7 @@ and reloads under concurrent traffic (no request decided by a half-loaded set)."
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import threading
@@ -109,6 +110,21 @@ def test_sighup_reloads_with_reload_signal(start_gateway, tmp_path, upstream):
     gw.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: version(gw) != first, timeout=10, what="SIGHUP reload")
     assert gw.proc.poll() is None
+
+
+def test_sighup_reloads_with_reload_watch_too(start_gateway, tmp_path, upstream):
+    gw = _start(start_gateway, tmp_path, upstream, reload="watch")
+    first = version(gw)
+    main = gw.rules_dir / "main.yaml"
+    # A change the file watch cannot see (same size, same mtime): only SIGHUP can apply it.
+    stat = main.stat()
+    main.write_text(V1.replace("amount > 100", "amount > 900"))
+    os.utime(main, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert main.stat().st_size == stat.st_size
+    assert pay(gw, 500).status_code == 403
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: version(gw) != first, timeout=10, what="SIGHUP reload under watch")
+    assert pay(gw, 500).status_code == 200
 
 
 def test_no_request_sees_half_a_rule_set(start_gateway, tmp_path, upstream):

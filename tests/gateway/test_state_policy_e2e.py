@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import requests
 
 from tests.fixtures.signing import SignedClient
 
@@ -70,6 +71,31 @@ def test_fail_closed_answers_503_and_forwards_nothing_then_recovers(redis_gatewa
     assert 'txgate_state_errors_total{operation=' in gw.metrics()
     redis_server.start()
     assert post(gw, gw.client, "fail_closed", "a").status_code == 200   # no gateway restart
+
+
+def test_readiness_stays_while_a_route_can_serve_and_names_the_degraded_ones(
+        redis_gateway, redis_server, start_gateway, upstream, tmp_path):
+    gw = redis_gateway
+    strict = start_gateway({**_config(tmp_path, upstream, {"backend": "redis",
+                                                           "url": redis_server.url,
+                                                           "timeout_ms": 200}),
+                            "readiness": {"state_down": "unready"}})
+    closed_only = _config(tmp_path, upstream, {"backend": "redis", "url": redis_server.url,
+                                                "timeout_ms": 200})
+    closed_only["routes"] = closed_only["routes"][:1]
+    closed = start_gateway(closed_only)
+    redis_server.stop()
+    ready = requests.get(f"{gw.admin}/readyz", timeout=5)
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["ready"] is True and body["state"].startswith("unavailable")
+    assert body["degraded_routes"] == {"fail-open": "fail_open", "local": "local"}
+    assert body["refusing_routes"] == ["fail-closed"]
+    assert requests.get(f"{strict.admin}/readyz", timeout=5).status_code == 503
+    assert requests.get(f"{closed.admin}/readyz", timeout=5).status_code == 503
+    redis_server.start()
+    back = requests.get(f"{gw.admin}/readyz", timeout=5).json()
+    assert back["state"] == "ok" and "degraded_routes" not in back
 
 
 def test_fail_open_forwards_and_marks_the_decision_log(redis_gateway, redis_server, upstream):

@@ -87,6 +87,7 @@ def test_otp_step_up_with_an_oathtool_code(gw, upstream):
     assert repeat.status_code == 200, repeat.text
     sent = {k.lower(): v for k, v in upstream.seen()[0]["headers"]}
     assert sent["txgate-tier"] == "otp" and "txgate-otp" not in sent and "txgate-challenge" not in sent
+    assert sent["txgate-decision"] == "allow"   # the step-up was passed: not "require_otp"
     entries = logged(gw)
     # The repeat is the same transaction: the attempt counter saw it once.
     assert [e["features"]["user_tx_1h"] for e in entries] == [1, 1]
@@ -101,7 +102,11 @@ def test_the_same_code_is_not_accepted_twice(gw):
     assert pay(gw, 150, {"Txgate-Challenge": challenge, "Txgate-OTP": code}).status_code == 200
     challenge = pay(gw, 160).json()["challenge"]
     replay = pay(gw, 160, {"Txgate-Challenge": challenge, "Txgate-OTP": code})
-    assert replay.status_code == 401 and replay.json()["error"] == "insufficient_user_authentication"
+    # Refused, saying why and when the next code comes, with a new challenge to answer then.
+    body = replay.json()
+    assert replay.status_code == 401 and body["error"] == "otp_reused"
+    assert 1 <= int(replay.headers["Retry-After"]) <= 30 and body["challenge"] != challenge
+    assert logged(gw)[-1]["decision"] == "step_up"
 
 
 def test_strong_authentication_resets_the_low_value_sum(gw):

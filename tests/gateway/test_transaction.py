@@ -43,7 +43,7 @@ def refused(raw: bytes, sent=None, status=400, **kwargs) -> str:
         extract(raw, sent, **kwargs)
     code = {400: "invalid_request", 415: "unsupported_media_type"}[status]
     assert info.value.status == status and info.value.code == code
-    return info.value.message
+    return str(info.value)
 
 
 def test_typed_attributes_from_json_headers_and_principal():

@@ -209,7 +209,7 @@ def test_extraction_gives_typed_attributes_or_a_400(body, headers, principal):
         attrs = EXTRACTOR.extract(body, {**headers, "Content-Type": "application/json"},
                                   principal)
     except InvalidRequest as exc:
-        assert exc.status == 400 and exc.message
+        assert exc.status == 400 and str(exc)
         return
     amount = attrs["amount"]
     assert not isinstance(amount, bool) and isinstance(amount, (int, float))

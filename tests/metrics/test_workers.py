@@ -101,6 +101,23 @@ def test_metrics_sum_over_both_workers_and_the_directory_is_removed(workers_gate
     assert not gw.metrics_dir.exists()
 
 
+def test_process_metrics_per_worker_and_the_build_info(workers_gateway):
+    gw = workers_gateway
+    text = _fresh_scrape(gw)
+    supervisor = gw.proc.pid
+    rss = {int(labels["pid"]): value
+           for labels, value in _sample(text, "process_resident_memory_bytes")}
+    # The supervisor and its two workers, each with its own memory.
+    assert supervisor in rss and len(rss) == 3 and all(value > 0 for value in rss.values())
+    for family in ("process_cpu_seconds_total", "process_open_fds", "process_max_fds",
+                   "process_start_time_seconds", "process_virtual_memory_bytes"):
+        assert {int(labels["pid"]) for labels, _ in _sample(text, family)} == set(rss), family
+    assert len(_sample(text, "python_info")) == 1
+    [(build, value)] = _sample(text, "txgate_build_info")
+    assert value == 1.0 and build["version"] and build["python"]
+    assert build["rules_version"] == requests.get(f"{gw.admin}/readyz", timeout=5).json()["rules"]
+
+
 def test_rules_info_follows_a_reload_on_every_worker(workers_gateway):
     gw = workers_gateway
     before = _sample(_fresh_scrape(gw), "txgate_rules_info")
