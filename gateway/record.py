@@ -100,7 +100,7 @@ class Recorder:
                 await target.withdraw(observation)
                 return
             if target.allow_after_forward:
-                await target.record_allowed(ex.attrs, ex.event_id, provisional_done=True)
+                await target.record_allowed(ex.attrs, ex.event_id)
             if ex.stepped_up:
                 await target.strong_auth(ex.attrs)
         except StateError as exc:

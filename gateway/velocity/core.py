@@ -68,20 +68,14 @@ class Velocity:
         """True when some ``on: allow`` counter still needs ``record_allowed`` after forwarding."""
         return bool(self._late)
 
-    async def observe(self, attrs: dict, event_id: str) -> dict[str, int | float]:
-        """Every counter's value for this request, ``on: attempt`` updates included.
-
-        A repeated ``event_id`` is read without counting it again. Raises StateError.
-        """
-        return (await self.observe_once(attrs, event_id, (), provisional=False)).features
-
-    async def observe_once(self, attrs: dict, event_id: str, claims: Sequence[tuple[str, int]],
-                           *, provisional: bool = True) -> Observation:
+    async def observe_once(self, attrs: dict, event_id: str,
+                           claims: Sequence[tuple[str, int]]) -> Observation:
         """Claim ``claims`` (key, ttl ms) and observe every counter in ONE state call.
 
-        With ``provisional``, count/sum ``on: allow`` counters are applied now (once per
-        ``event_id``) and reported without this request; call ``withdraw`` if the request is
-        then not forwarded. Raises StateError.
+        ``on: attempt`` counters count this request (once per ``event_id``: a repeat reads
+        them). Count/sum ``on: allow`` counters are applied now, provisionally (once per
+        ``event_id``), and reported without this request; call ``withdraw`` if the request is
+        then not forwarded, ``record_allowed`` if it is. Raises StateError.
         """
         event, allowed = f"e:{encode(event_id)}", f"a:{encode(event_id)}"
         members, batches, pending_index = [], [], []
@@ -95,7 +89,7 @@ class Velocity:
                 key = plan.key_under(base, attrs)
                 if key is None:
                     continue
-                if provisional and is_provisional:
+                if is_provisional:
                     allow_ops.append((plan, plan.op(key, attrs, True, PROVISIONAL)))
                 else:
                     now_ops.append((plan, plan.op(key, attrs, on_attempt)))
@@ -132,25 +126,21 @@ class Velocity:
         if undo:
             await self.backend.trip((), undo)
 
-    async def record_allowed(self, attrs: dict, event_id: str, *,
-                             provisional_done: bool = False) -> None:
-        """Apply the ``on: allow`` updates of a forwarded request, once per ``event_id``.
-
-        With ``provisional_done`` the count/sum ones were already applied by ``observe_once``
-        and only the remaining kinds are recorded here.
+    async def record_allowed(self, attrs: dict, event_id: str) -> None:
+        """Apply the ``on: allow`` updates that cannot be provisional (distinct, first_seen)
+        for a forwarded request, once per ``event_id``. The count/sum ones were already
+        applied by ``observe_once``.
         """
-        plans = self._late if provisional_done else [
-            p for p in self._plans if p.spec.on == "allow"]
         groups: dict[str, list[tuple[CounterPlan, Op]]] = {}
-        for plan in plans:
+        for plan in self._late:
             located = plan.tag_and_key(attrs)
             if located is not None:
                 tag, key = located
                 groups.setdefault(tag, []).append((plan, plan.op(key, attrs, update=True)))
-        # After a provisional observe the "a:" marker is already set by it: the late kinds
-        # need their own, or they would be read as already applied and never counted.
-        marker = "l" if provisional_done else "a"
-        await self._run(groups, f"{marker}:{encode(event_id)}")
+        # The "a:" marker is already set by the provisional observe of the same event: the
+        # late kinds need their own, or they would be read as already applied and never
+        # counted.
+        await self._run(groups, f"l:{encode(event_id)}")
 
     async def strong_auth(self, attrs: dict) -> None:
         """Restart every ``reset_on: strong_auth`` counter of these key values."""

@@ -9,6 +9,25 @@ def spec(name, key, aggregate, field=None, window_s=None, reset_on=None, on="att
     return CounterSpec(name, tuple(key), aggregate, field, window_s, reset_on, on)
 
 
+# A request as production runs it: one ``observe_once`` (no claims here), then what
+# ``Recorder.settle`` does with its fate. Both return the values the rules saw.
+
+async def forwarded(velocity, attrs: dict, event_id: str) -> dict:
+    """A request forwarded upstream: its provisional counts stand, the late kinds are recorded."""
+    observation = await velocity.observe_once(attrs, event_id, ())
+    if velocity.allow_after_forward:
+        await velocity.record_allowed(attrs, event_id)
+    return observation.features
+
+
+async def refused(velocity, attrs: dict, event_id: str) -> dict:
+    """A request not forwarded (denied, challenged, failed upstream): its provisional counts
+    are withdrawn; its ``on: attempt`` counts stand."""
+    observation = await velocity.observe_once(attrs, event_id, ())
+    await velocity.withdraw(observation)
+    return observation.features
+
+
 def run_now(coro):
     """Drive a coroutine that never suspends (memory backend) without an event loop."""
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from gateway.velocity import Velocity
-from tests.gateway.velocity.helpers import spec
+from tests.gateway.velocity.helpers import forwarded, refused, spec
 
 PAY = {"user_id": "alice", "amount": Decimal("10.10"), "payee": "DE02X", "device_id": "d1"}
 
@@ -19,10 +19,10 @@ def test_count_includes_current_request_and_slides(state_backends):
 
     async def scenario(b):
         v = Velocity(counters, b)
-        assert [(await v.observe(PAY, f"e{i}"))["user_tx"] for i in range(3)] == [1, 2, 3]
-        assert (await v.observe({**PAY, "user_id": "bob"}, "e9"))["user_tx"] == 1
+        assert [(await forwarded(v, PAY, f"e{i}"))["user_tx"] for i in range(3)] == [1, 2, 3]
+        assert (await forwarded(v, {**PAY, "user_id": "bob"}, "e9"))["user_tx"] == 1
         await state_backends.wait(1.1)
-        assert (await v.observe(PAY, "e4"))["user_tx"] == 1
+        assert (await forwarded(v, PAY, "e4"))["user_tx"] == 1
     state_backends.run(scenario)
 
 
@@ -32,15 +32,15 @@ def test_sum_is_exact_in_decimal_units(state_backends):
     async def scenario(b):
         v = Velocity(counters, b)
         for i in range(10):
-            features = await v.observe({**PAY, "amount": 0.1}, f"t{i}")
+            features = await forwarded(v, {**PAY, "amount": 0.1}, f"t{i}")
         assert features["amount_1h"] == 1.0  # ten float 0.1s, no drift
-        features = await v.observe({**PAY, "amount": Decimal("1234.5678")}, "big")
+        features = await forwarded(v, {**PAY, "amount": Decimal("1234.5678")}, "big")
         assert features["amount_1h"] == 1235.5678
-        features = await v.observe({**PAY, "amount": "2"}, "str")
+        features = await forwarded(v, {**PAY, "amount": "2"}, "str")
         assert features["amount_1h"] == 1237.5678
         # A missing or non-numeric amount reads the counter without adding to it.
-        assert (await v.observe({"user_id": "alice"}, "none"))["amount_1h"] == 1237.5678
-        assert (await v.observe({**PAY, "amount": "abc"}, "bad"))["amount_1h"] == 1237.5678
+        assert (await forwarded(v, {"user_id": "alice"}, "none"))["amount_1h"] == 1237.5678
+        assert (await forwarded(v, {**PAY, "amount": "abc"}, "bad"))["amount_1h"] == 1237.5678
     state_backends.run(scenario)
 
 
@@ -49,14 +49,14 @@ def test_distinct_counts_members_in_window(state_backends):
 
     async def scenario(b):
         v = Velocity(counters, b)
-        seen = [(await v.observe({"device_id": "d1", "user_id": u}, f"e{i}"))["device_users"]
+        seen = [(await forwarded(v, {"device_id": "d1", "user_id": u}, f"e{i}"))["device_users"]
                 for i, u in enumerate(["a", "b", "a", "c", "b"])]
         assert seen == [1, 2, 2, 3, 3]
         await state_backends.wait(0.6)
-        assert (await v.observe({"device_id": "d1", "user_id": "a"}, "e5"))["device_users"] == 3
+        assert (await forwarded(v, {"device_id": "d1", "user_id": "a"}, "e5"))["device_users"] == 3
         await state_backends.wait(0.6)
         # b and c were last seen over a second ago; a was refreshed 0.6 s ago.
-        assert (await v.observe({"device_id": "d1", "user_id": "d"}, "e6"))["device_users"] == 2
+        assert (await forwarded(v, {"device_id": "d1", "user_id": "d"}, "e6"))["device_users"] == 2
     state_backends.run(scenario)
 
 
@@ -66,14 +66,14 @@ def test_first_seen_age_and_absence(state_backends):
 
     async def scenario(b):
         v = Velocity(counters, b)
-        first = await v.observe(PAY, "e1")
-        # The current attempt counts as a sighting (age 0); an on: allow one only once allowed.
-        assert first == {"user_payee_age_s": 0}
-        await v.record_allowed(PAY, "e1")
+        # The current attempt counts as a sighting (age 0); an on: allow one only once
+        # forwarded: the refused request leaves none.
+        assert await refused(v, PAY, "e0") == {"user_payee_age_s": 0}
+        assert await forwarded(v, PAY, "e1") == {"user_payee_age_s": 0}
         await state_backends.wait(1.1)
-        later = await v.observe(PAY, "e2")
+        later = await forwarded(v, PAY, "e2")
         assert later == {"user_payee_age_s": 1, "allowed_payee_age_s": 1}
-        other = await v.observe({**PAY, "payee": "FR76Y"}, "e3")
+        other = await forwarded(v, {**PAY, "payee": "FR76Y"}, "e3")
         assert other == {"user_payee_age_s": 0}
     state_backends.run(scenario)
 
@@ -85,12 +85,12 @@ def test_absent_key_attribute_skips_counter(state_backends):
 
     async def scenario(b):
         v = Velocity(counters, b)
-        assert await v.observe({"user_id": "alice"}, "e1") == {"user_tx": 1}
-        assert await v.observe({"user_id": "alice", "device_id": None}, "e2") == {"user_tx": 2}
-        assert await v.observe({"device_id": "d1"}, "e3") == {"device_tx": 1}
-        assert await v.observe({"user_id": "alice", "device_id": "d1"}, "e4") == {
+        assert await forwarded(v, {"user_id": "alice"}, "e1") == {"user_tx": 1}
+        assert await forwarded(v, {"user_id": "alice", "device_id": None}, "e2") == {"user_tx": 2}
+        assert await forwarded(v, {"device_id": "d1"}, "e3") == {"device_tx": 1}
+        assert await forwarded(v, {"user_id": "alice", "device_id": "d1"}, "e4") == {
             "user_tx": 3, "device_tx": 2, "pair": 1}
-        assert await v.observe({}, "e5") == {}
+        assert await forwarded(v, {}, "e5") == {}
     state_backends.run(scenario)
 
 
@@ -101,30 +101,38 @@ def test_repeated_event_id_is_counted_once(state_backends):
 
     async def scenario(b):
         v = Velocity(counters, b)
-        first = await v.observe(PAY, "tx-1")
-        repeat = await v.observe(PAY, "tx-1")  # the step-up repeat of the same transaction
+        first = await forwarded(v, PAY, "tx-1")
+        repeat = await forwarded(v, PAY, "tx-1")  # the step-up repeat of the same transaction
         assert first == repeat == {"user_tx": 1, "device_users": 1, "amount": 10.1}
-        assert (await v.observe(PAY, "tx-2"))["user_tx"] == 2
-        assert (await v.observe(PAY, "tx-1"))["user_tx"] == 2
+        assert (await forwarded(v, PAY, "tx-2"))["user_tx"] == 2
+        assert (await forwarded(v, PAY, "tx-1"))["user_tx"] == 2
     state_backends.run(scenario)
 
 
-def test_on_allow_counters_change_only_through_record_allowed(state_backends):
+def test_on_allow_counters_count_only_forwarded_requests(state_backends):
     counters = [spec("allowed_amount", ["user_id"], "sum", field="amount", window_s=60,
                      on="allow"),
                 spec("allowed_tx", ["user_id"], "count", window_s=60, on="allow"),
+                spec("allowed_payees", ["user_id"], "distinct", field="payee", window_s=60,
+                     on="allow"),
                 spec("attempts", ["user_id"], "count", window_s=60)]
+    nothing_allowed = {"allowed_amount": 0.0, "allowed_tx": 0, "allowed_payees": 0}
 
     async def scenario(b):
         v = Velocity(counters, b)
-        assert await v.observe(PAY, "e1") == {"allowed_amount": 0.0, "allowed_tx": 0,
-                                              "attempts": 1}
+        # The value the rules see leaves out the request itself, forwarded or not.
+        assert await refused(v, PAY, "e0") == {**nothing_allowed, "attempts": 1}
+        assert await forwarded(v, PAY, "e1") == {**nothing_allowed, "attempts": 2}
+        assert await refused(v, PAY, "e2") == {"allowed_amount": 10.1, "allowed_tx": 1,
+                                               "allowed_payees": 1, "attempts": 3}
+        # Settling the forwarded request again (a retried settle, the same event observed
+        # again) counts nothing more: idempotent per event id.
+        await forwarded(v, PAY, "e1")
         await v.record_allowed(PAY, "e1")
-        await v.record_allowed(PAY, "e1")  # idempotent per event id
-        assert await v.observe(PAY, "e2") == {"allowed_amount": 10.1, "allowed_tx": 1,
-                                              "attempts": 2}
-        await v.record_allowed({"amount": 5}, "e3")  # no key attribute: nothing to record
-        assert (await v.observe(PAY, "e2"))["allowed_tx"] == 1
+        # No key attribute: nothing to observe, nothing to record.
+        assert await forwarded(v, {"amount": 5}, "e3") == {}
+        assert await refused(v, PAY, "e4") == {"allowed_amount": 10.1, "allowed_tx": 1,
+                                               "allowed_payees": 1, "attempts": 4}
     state_backends.run(scenario)
 
 
@@ -137,16 +145,14 @@ def test_strong_auth_restarts_reset_counters_only(state_backends):
     async def scenario(b):
         v = Velocity(counters, b)
         for i in range(3):
-            await v.observe(PAY, f"e{i}")
-            await v.record_allowed(PAY, f"e{i}")
-            await v.observe({**PAY, "user_id": "bob"}, f"b{i}")
-            await v.record_allowed({**PAY, "user_id": "bob"}, f"b{i}")
-        assert await v.observe(PAY, "e3") == {"lowvalue_sum": 30.3, "lowvalue_n": 4,
+            await forwarded(v, PAY, f"e{i}")
+            await forwarded(v, {**PAY, "user_id": "bob"}, f"b{i}")
+        assert await forwarded(v, PAY, "e3") == {"lowvalue_sum": 30.3, "lowvalue_n": 4,
                                               "user_tx": 4}
         await v.strong_auth({"user_id": "alice"})
-        assert await v.observe(PAY, "e4") == {"lowvalue_sum": 0.0, "lowvalue_n": 1,
+        assert await forwarded(v, PAY, "e4") == {"lowvalue_sum": 0.0, "lowvalue_n": 1,
                                               "user_tx": 5}
-        bob = await v.observe({**PAY, "user_id": "bob"}, "b3")
+        bob = await forwarded(v, {**PAY, "user_id": "bob"}, "b3")
         assert bob["lowvalue_n"] == 4 and bob["lowvalue_sum"] == 30.3
         await v.strong_auth({})  # no user: nothing to reset, no error
     state_backends.run(scenario)
@@ -157,11 +163,11 @@ def test_values_cannot_forge_other_keys(state_backends):
 
     async def scenario(b):
         v = Velocity(counters, b)
-        assert (await v.observe({"user_id": "a}", "payee": "p"}, "e1"))["pair"] == 1
-        assert (await v.observe({"user_id": "a", "payee": "p"}, "e2"))["pair"] == 1
-        assert (await v.observe({"user_id": "a:payee=p", "payee": "p"}, "e3"))["pair"] == 1
-        assert (await v.observe({"user_id": "a", "payee": "p:payee=p"}, "e4"))["pair"] == 1
-        assert (await v.observe({"user_id": "a}", "payee": "p"}, "e5"))["pair"] == 2
+        assert (await forwarded(v, {"user_id": "a}", "payee": "p"}, "e1"))["pair"] == 1
+        assert (await forwarded(v, {"user_id": "a", "payee": "p"}, "e2"))["pair"] == 1
+        assert (await forwarded(v, {"user_id": "a:payee=p", "payee": "p"}, "e3"))["pair"] == 1
+        assert (await forwarded(v, {"user_id": "a", "payee": "p:payee=p"}, "e4"))["pair"] == 1
+        assert (await forwarded(v, {"user_id": "a}", "payee": "p"}, "e5"))["pair"] == 2
     state_backends.run(scenario)
 
 
@@ -172,8 +178,8 @@ def test_many_entities_in_one_observe(state_backends):
 
     async def scenario(b):
         v = Velocity(counters, b)
-        await v.observe(attrs, "e1")
-        assert await v.observe(attrs, "e2") == {f"c{i}": 2 for i in range(5)}
+        await forwarded(v, attrs, "e1")
+        assert await forwarded(v, attrs, "e2") == {f"c{i}": 2 for i in range(5)}
     state_backends.run(scenario)
 
 
@@ -186,9 +192,10 @@ def test_client_scoped_counters_keep_one_value_per_calling_client(state_backends
     async def scenario(b):
         v = Velocity(counters, b)
         for i in range(3):
-            seen = await v.observe({"device_id": "d", "user_id": f"b{i}", "client_id": "B"}, f"b{i}")
+            seen = await forwarded(v, {"device_id": "d", "user_id": f"b{i}", "client_id": "B"},
+                                   f"b{i}")
         assert seen == {"device_users": 3, "device_all": 3}
-        seen = await v.observe({"device_id": "d", "user_id": "alice", "client_id": "A"}, "a1")
+        seen = await forwarded(v, {"device_id": "d", "user_id": "alice", "client_id": "A"}, "a1")
         assert seen == {"device_users": 1, "device_all": 4}
     state_backends.run(scenario)
     # Same entity hash tag as the global counter: one slot, one script call.

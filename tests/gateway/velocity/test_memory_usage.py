@@ -10,7 +10,7 @@ import asyncio
 
 from state import create_backend
 from gateway.velocity import Velocity
-from tests.gateway.velocity.helpers import spec
+from tests.gateway.velocity.helpers import forwarded, spec
 
 BOUNDS = {  # bytes per counter per entity, measured on Redis 7.0 with default encodings
     "count, 60 buckets": 1300,
@@ -37,7 +37,7 @@ def test_memory_per_counter_per_entity(redis_server):
                       spec("r", ["user_id"], "sum", field="amount", reset_on="strong_auth")],
                      backend)
         for i in range(70):
-            await v.observe({"user_id": "u", "amount": 123456.78 + i, "payee": "p"}, f"e{i}")
+            await forwarded(v, {"user_id": "u", "amount": 123456.78 + i, "payee": "p"}, f"e{i}")
             await asyncio.sleep(0.017)
         measured["count, 60 buckets"] = redis_server.cli("MEMORY", "USAGE", f"{key}:n:count:w1")
         measured["sum, 60 buckets"] = redis_server.cli("MEMORY", "USAGE", f"{key}:s:sum:w1")
@@ -50,7 +50,7 @@ def test_memory_per_counter_per_entity(redis_server):
         d = Velocity([spec("d", ["device_id"], "distinct", field="user_id", window_s=3600)],
                      backend)
         for size in (10, 100, 1000):
-            await asyncio.gather(*(d.observe({"device_id": f"d{size}", "user_id": f"user-{i}"},
+            await asyncio.gather(*(forwarded(d, {"device_id": f"d{size}", "user_id": f"user-{i}"},
                                              f"d{size}-{i}") for i in range(size)))
             label = f"distinct, {size} members" + (" (cap)" if size == 1000 else "")
             measured[label] = redis_server.cli(

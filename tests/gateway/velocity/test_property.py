@@ -15,7 +15,7 @@ from state.memory import MemoryBackend
 from gateway.velocity import Velocity
 from state import memory as memory_executor
 from state.window import bucket_ms
-from tests.gateway.velocity.helpers import run_now, spec
+from tests.gateway.velocity.helpers import forwarded, run_now, spec
 
 events = st.lists(
     st.tuples(
@@ -59,8 +59,8 @@ def test_windowed_counters_stay_within_one_bucket(window_s, start, stream):
         else:
             # A step-up repeat: same transaction, so the same attributes as the first time.
             _, user, amount, device, payee = seen[-1]
-        got = run_now(v.observe({"user_id": user, "amount": amount, "device_id": device,
-                                 "payee": payee}, event_id))
+        got = run_now(forwarded(v, {"user_id": user, "amount": amount, "device_id": device,
+                                    "payee": payee}, event_id))
 
         def total(since, value):
             return sum(value(e) for e in seen if e[1] == user and e[0] > since)
@@ -90,7 +90,7 @@ def test_distinct_saturates_at_the_cap(members, cap):
         for i, member in enumerate(members):
             clock.ms += 7
             distinct.add(member)
-            got = run_now(v.observe({"device_id": "d", "user_id": member}, f"e{i}"))
+            got = run_now(forwarded(v, {"device_id": "d", "user_id": member}, f"e{i}"))
             assert got["d"] == min(len(distinct), cap)
     finally:
         memory_executor.DISTINCT_CAP = original
