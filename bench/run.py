@@ -194,9 +194,14 @@ http {{
 
     def gateway_config(self, name: str, redis_url: str, upstream: str, rules: Path) -> Path:
         port, admin = free_port(), free_port()
-        tx = {"user_id": "json:$.user_id", "amount": "json:$.amount",
-              "currency": "json:$.currency", "payee": "json:$.payee.iban",
-              "country": {"from": "json:$.payee.country", "required": False},
+        # As the shipped configuration (examples/txgate.yaml): identities and codes normalized.
+        tx = {"user_id": {"from": "json:$.user_id",
+                          "normalize": ["nfkc", "casefold", "strip", "ascii"]},
+              "amount": "json:$.amount",
+              "currency": {"from": "json:$.currency", "normalize": ["strip", "upper"]},
+              "payee": "json:$.payee.iban",
+              "country": {"from": "json:$.payee.country", "required": False,
+                          "normalize": ["strip", "upper"]},
               "device_id": {"from": "header:X-Device-Id", "required": False},
               "channel": {"from": "header:X-Channel", "required": False}}
         config = {
@@ -279,7 +284,8 @@ http {{
         upstream = f"http://127.0.0.1:{up}"
         r500 = self.tmp / "rules500"
         rulepack.build(r500, 500)
-        default = rulepack.DEFAULT
+        default = self.tmp / "rules55"
+        rulepack.build(default)
         c_full = self.gateway_config("full", redis_url, upstream, default)
         secret = subprocess.run([TXGATE, "auth", "add-client", "bench", "--hmac", "--config",
                                  str(c_full)], capture_output=True, text=True, env=self.env,
