@@ -1,0 +1,232 @@
+"""Runs rule scenarios (``rules.scenarios``) the way the gateway runs requests.
+
+Each step goes through the gateway's own parts: the route's transaction extractor (when a
+config is given), the built-in attributes, ``Velocity.observe_once`` on a memory backend whose
+clock is the scenario's, the rule set's ``decide``, the step-up sequence of the pipeline
+(challenge, then the repeat of the same event answering it) and ``Recorder.settle`` for the
+``on: allow`` counters and the strong-authentication resets. Only the network, the signature
+and the OTP or device proof itself are left out: ``passed:`` says which tier the user proves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.config import Config
+from gateway.errors import InvalidRequest
+from gateway.features import builtins
+from gateway.record import Recorder
+from gateway.routing import Route, Router
+from gateway.state.memory import MemoryBackend
+from gateway.velocity import Velocity
+from rules.ruleset import RuleSet
+from rules.ruletests import route_of
+from rules.scenarios import Scenario, Step
+
+_RANK = {"client": 0, "otp": 1, "device": 2}
+_METHOD = "POST"
+# Attributes the gateway adds itself, which a step may set in its transaction.
+_BUILTIN = ("ip", "client_id")
+_EVENT_TTL_S = 360   # challenge_ttl_s (300) + 60, as gateway.services sets it
+
+
+@dataclass
+class _Request:
+    """The part of gateway.exchange.Exchange that Recorder.settle reads."""
+
+    attrs: dict
+    event_id: str
+    velocity: Velocity
+    request_id: str
+    observation: Any = None
+    forwarded: bool = False
+    upstream_status: int | None = None
+    stepped_up: bool = False
+
+
+@dataclass
+class _Result:
+    first: Any = None                # the decision before any step-up
+    outcome: str = "error"
+    tier: str = "client"
+    error: str | None = None
+    notes: list = field(default_factory=list)
+
+
+class ScenarioRunner:
+    """One runner per configuration; ``run`` takes a scenario and the loaded rule set."""
+
+    def __init__(self, config: Config | None = None):
+        self._routes = {r.name: r for r in Router(config.routes).routes} if config else None
+
+    def run(self, scenario: Scenario, rs: RuleSet) -> list[str]:
+        """Failure messages (empty when every step met its expectations)."""
+        return asyncio.run(self._run(scenario, rs))
+
+    async def _run(self, scenario: Scenario, rs: RuleSet) -> list[str]:
+        route_name = scenario.route or route_of(rs, [r for s in scenario.steps
+                                                     for r in s.rules + s.not_rules])
+        route = None
+        if self._routes is not None:
+            route = self._routes.get(route_name)
+            if route is None or route.config.transaction is None:
+                return [f"route {route_name!r} is not a route with a transaction block in the config"]
+        known = {r.id for r in rs.rules}
+        missing = sorted({r for s in scenario.steps for r in s.rules + s.not_rules} - known)
+        if missing:
+            return [f"unknown rule ids: {', '.join(missing)}"]
+        clock = _Clock(scenario.start)
+        velocity = Velocity(rs.counters, MemoryBackend(clock=clock), event_ttl_s=_EVENT_TTL_S)
+        events = 0
+        for step in scenario.steps:
+            for i in range(step.repeat):
+                clock.now = scenario.start + step.at_s + i * step.every_s
+                events += 1
+                result = await _Step(rs, route, route_name, velocity, step, clock.now,
+                                     f"s{events}").run()
+                if i == step.repeat - 1:
+                    failures = _check(step, result)
+                    if failures:
+                        label = f"step {step.where}" + (f" (repeat {i + 1})" if step.repeat > 1 else "")
+                        return [f"{label}: {failures[0]}"] + failures[1:]
+        return []
+
+
+class _Clock:
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Step:
+    def __init__(self, rs, route: Route | None, route_name: str, velocity: Velocity, step: Step,
+                 now: float, event_id: str):
+        self.rs, self.route, self.route_name = rs, route, route_name
+        self.velocity, self.step, self.now, self.event_id = velocity, step, now, event_id
+        self.min_tier = route.config.min_tier if route is not None else "client"
+
+    async def run(self) -> _Result:
+        result = _Result()
+        try:
+            transaction, extra = _extract(self.route, self.step.transaction)
+        except InvalidRequest as exc:
+            result.error = f"transaction refused: {exc.message}"
+            return result
+        self.transaction, self.extra = transaction, extra
+        try:
+            request, decision = await self._request("client")
+        except ValueError as exc:   # a value of the wrong kind for the rule set
+            result.error = f"transaction refused: {exc}"
+            return result
+        result.first = decision
+        while True:
+            if decision.action == "deny":
+                result.outcome = "deny"
+                break
+            required = _max(self.min_tier, decision.required_tier or "client")
+            if _RANK[required] <= _RANK[request.attrs["tier"]]:
+                request.forwarded, request.upstream_status = True, 200
+                result.outcome = "review" if decision.action == "review" else "allow"
+                break
+            # A challenge for `required`: this request is not forwarded; the user's answer is
+            # the repeat of the same event (the pipeline reuses the challenge's event id).
+            await Recorder.settle(request)
+            passed = self.step.passed
+            if passed is None or _RANK[passed] < _RANK[required]:
+                result.outcome, request = "step_up", None
+                break
+            request, decision = await self._request("client")
+            if decision.action == "deny":
+                result.outcome = "deny"
+                break
+            # An answer is always verified, and at least as otp (gateway.pipeline.step_up).
+            answered = _max(required, decision.required_tier or "client", "otp")
+            if _RANK[passed] < _RANK[answered]:
+                result.outcome = "step_up"
+                break
+            request.attrs["tier"] = answered
+            request.stepped_up = True
+            decision = self.rs.decide(request.attrs, self.route_name)
+        if request is not None:
+            await Recorder.settle(request)
+            result.tier = request.attrs["tier"]
+        return result
+
+    async def _request(self, tier: str):
+        """One request of the step: built-ins, counters (one observe), the decision."""
+        extra = self.extra
+        attrs = {**builtins(self.route_name, _METHOD, tier, extra.get("client_id"),
+                            extra.get("ip"), self.now), **self.transaction}
+        request = _Request(attrs, self.event_id, self.velocity, self.event_id)
+        observation = await self.velocity.observe_once(attrs, self.event_id, ())
+        request.observation = observation
+        attrs.update(observation.features)
+        return request, self.rs.decide(attrs, self.route_name)
+
+
+def _max(*tiers: str) -> str:
+    return max(tiers, key=_RANK.__getitem__)
+
+
+def _extract(route: Route | None, given: dict) -> tuple[dict, dict]:
+    """(transaction attributes, built-ins) of a step, through the route's extractor when there is
+    a config: the same parsing, typing, checks and normalisation as a live request."""
+    extra = {k: given[k] for k in _BUILTIN if k in given}
+    rest = {k: v for k, v in given.items() if k not in _BUILTIN}
+    if route is None:
+        return rest, extra
+    fields = {f.name: f for f in route.extractor.fields}
+    unknown = sorted(set(rest) - set(fields))
+    if unknown:
+        raise InvalidRequest(f"{', '.join(unknown)}: not a field of route {route.name}")
+    document: dict = {}
+    headers: dict[str, str] = {}
+    for name, value in rest.items():
+        f = fields[name]
+        if f.kind == "json":
+            if not all(isinstance(step, str) for step in f.where):
+                raise InvalidRequest(f"{name}: scenarios support object paths only")
+            node = document
+            for key in f.where[:-1]:
+                node = node.setdefault(key, {})
+            node[f.where[-1]] = value
+        elif f.kind == "header":
+            headers[f.where] = value if isinstance(value, str) else orjson.dumps(value).decode()
+    principal = next((rest[n] for n, f in fields.items() if f.kind == "principal" and n in rest),
+                     extra.get("client_id"))
+    body = orjson.dumps(document) if route.extractor.needs_json else b""
+    return route.extractor.extract(body, headers, principal), extra
+
+
+def _check(step: Step, result: _Result) -> list[str]:
+    if result.error is not None:
+        if step.outcome == "error":
+            return []
+        return [result.error]
+    decision = result.first
+    matched = [h.rule for h in decision.hits]
+    failures = []
+    if step.action is not None and decision.action != step.action:
+        failures.append(f"expected action {step.action}, got {decision.action}")
+    absent = [r for r in step.rules if r not in matched]
+    if absent:
+        failures.append(f"expected rules to match: {', '.join(absent)}")
+    extra = [r for r in step.not_rules if r in matched]
+    if extra:
+        failures.append(f"expected rules not to match: {', '.join(extra)}")
+    if step.score is not None and abs(decision.score - float(step.score)) > 1e-9:
+        failures.append(f"expected score {step.score}, got {decision.score:g}")
+    if step.outcome is not None and result.outcome != step.outcome:
+        failures.append(f"expected outcome {step.outcome}, got {result.outcome}")
+    if step.tier is not None and result.tier != step.tier:
+        failures.append(f"expected tier {step.tier}, got {result.tier}")
+    if failures:
+        failures.append(f"matched: {', '.join(matched) or '(none)'}; action {decision.action}, "
+                        f"score {decision.score:g}; outcome {result.outcome}")
+    return failures
