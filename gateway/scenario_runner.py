@@ -177,6 +177,8 @@ def _max(*tiers: str) -> str:
 def _extract(route: Route | None, given: dict) -> tuple[dict, dict]:
     """(transaction attributes, built-ins) of a step, through the route's extractor when there is
     a config: the same parsing, typing, checks and normalisation as a live request."""
+    # null in a step removes a field the scenario's common transaction gives: not sent.
+    given = {k: v for k, v in given.items() if v is not None}
     extra = {k: given[k] for k in _BUILTIN if k in given}
     rest = {k: v for k, v in given.items() if k not in _BUILTIN}
     if route is None:

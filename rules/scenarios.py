@@ -23,7 +23,8 @@ TIERS = ("client", "otp", "device")
 # A Monday at noon UTC: daytime, so the night rules stay quiet unless a scenario asks.
 DEFAULT_START = "2026-01-05T12:00:00Z"
 MAX_REPEAT = 1000
-_OFFSET = re.compile(r"^\+([0-9]+)([smhd])$")
+_OFFSET = re.compile(r"^\+((?:[0-9]+[smhd])+)$")
+_PART = re.compile(r"([0-9]+)([smhd])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -58,11 +59,11 @@ def is_scenario(item) -> bool:
 
 
 def parse_offset(text) -> int:
-    """`+5m` -> 300; ValueError otherwise."""
+    """`+5m` -> 300, `+1d2h` -> 93600; ValueError otherwise."""
     m = _OFFSET.match(text) if isinstance(text, str) else None
     if not m:
-        raise ValueError(f"at {text!r} is not +N followed by s, m, h or d (e.g. +5m)")
-    return int(m.group(1)) * _UNIT[m.group(2)]
+        raise ValueError(f"at {text!r} is not + then numbers with s, m, h or d (e.g. +5m, +1d2h)")
+    return sum(int(n) * _UNIT[unit] for n, unit in _PART.findall(m.group(1)))
 
 
 def _start(text) -> float:
@@ -143,7 +144,7 @@ def _read_step(file, item, ln: int, common: dict, previous: int) -> tuple[Step |
         try:
             every_s = parse_offset(f"+{item['every']}")
         except ValueError:
-            errors.append(f"{file}:{line_of(item, 'every')}: every {item['every']!r} is not N followed by s, m, h or d")
+            errors.append(f"{file}:{line_of(item, 'every')}: every {item['every']!r} is not numbers with s, m, h or d (e.g. 1m)")
     expect = item.get("expect", LineDict())
     if not isinstance(expect, LineDict):
         errors.append(f"{file}:{line_of(item, 'expect')}: expect must be a mapping")
