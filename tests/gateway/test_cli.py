@@ -67,11 +67,14 @@ def test_rules_that_do_not_load_stop_the_start(tmp_path):
 def test_rules_check_and_test_on_the_shipped_pack():
     check = txgate("rules", "check", "rules/default")
     assert check.returncode == 0, check.stderr
-    test = txgate("rules", "test", "rules/default")
-    assert test.returncode == 0, test.stdout + test.stderr
-    last = test.stdout.strip().splitlines()[-1]
-    passed, failed = last.split(", ")
-    assert failed == "0 failed" and int(passed.split()[0]) >= 100
+    # Scenarios run too, and with a config through the routes' own extraction (min_tier included).
+    for extra in ((), ("--config", "examples/txgate.yaml")):
+        test = txgate("rules", "test", "rules/default", *extra)
+        assert test.returncode == 0, test.stdout + test.stderr
+        kinds, last = test.stdout.strip().splitlines()[-2:]
+        passed, failed = last.split(", ")
+        assert failed == "0 failed" and int(passed.split()[0]) >= 150
+        assert kinds.startswith("cases: 122 passed, 0 failed; scenarios: ")
 
 
 def test_auth_commands_manage_credentials_on_redis(tmp_path, redis_server):
