@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import multiprocess
 
 from auth.admin import setup_admin
+from gateway.rates import RatesError
 from gateway.state.base import StateError
 from rules import RuleLoadError
 
@@ -70,7 +71,11 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
 
     async def reload_rules(_):
         try:
+            services.rates.load()   # the exchange rates reload with the rules
             rules = services.rulebook.load()
+        except RatesError as exc:
+            return _json({"error": "rates_invalid", "errors": exc.errors,
+                          "version": services.rulebook.current.version}, 422)
         except RuleLoadError as exc:
             return _json({"error": "rules_invalid", "errors": exc.errors,
                           "version": services.rulebook.current.version}, 422)

@@ -114,10 +114,15 @@ def _rules(args) -> int:
     if args.action == "check":
         return commands.check(_rules_dir(args, args.dir), attribute_types=types)
     if args.action == "test":
+        from gateway.rates import RatesError
         from gateway.scenario_runner import ScenarioRunner
+        try:
+            runner = ScenarioRunner(config)
+        except RatesError as exc:
+            raise UsageError("\n".join(exc.errors)) from None
         # Scenarios run through the gateway's own extraction (with a config) and counters.
         return commands.run_tests(_rules_dir(args, args.dir), attribute_types=types,
-                                  scenario_runner=ScenarioRunner(config))
+                                  scenario_runner=runner)
     return commands.replay(args.log, _rules_dir(args, args.rules))
 
 

@@ -58,6 +58,21 @@ class RulesConfig(_Strict):
     reload: Literal["watch", "signal", "off"] = "watch"
 
 
+class CurrenciesConfig(_Strict):
+    """The base currency of ``amount_base`` and the rates file (gateway.rates)."""
+
+    base: str = "EUR"
+    rates: str | None = None   # none: only amounts in the base currency have a rate
+
+    @field_validator("base")
+    @classmethod
+    def _iso(cls, value: str) -> str:
+        from gateway.currencies import ISO_4217
+        if value not in ISO_4217:
+            raise ValueError("expected an ISO 4217 currency code")
+        return value
+
+
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(1_048_576, gt=0)
     upstream_timeout_s: float = Field(10, gt=0)
@@ -157,6 +172,7 @@ class RouteConfig(_Strict):
     # An https:// upstream is verified against the system CAs, or against this CA bundle.
     upstream_ca_file: str | None = None
     on_state_error: Literal["fail_closed", "fail_open", "local"] = "fail_closed"
+    currency_without_rate: Literal["refuse", "high_risk"] = "refuse"
 
     @field_validator("upstream")
     @classmethod
@@ -196,6 +212,7 @@ class Config(_Strict):
     tls: TlsConfig | None = None
     state: StateConfig = StateConfig()
     rules: RulesConfig = RulesConfig()
+    currencies: CurrenciesConfig = CurrenciesConfig()
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
     decision_log: DecisionLogConfig = DecisionLogConfig()

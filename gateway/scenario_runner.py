@@ -11,7 +11,9 @@ and the OTP or device proof itself are left out: ``passed:`` says which tier the
 from __future__ import annotations
 
 import asyncio
+import datetime
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -19,6 +21,7 @@ import orjson
 from gateway.config import Config
 from gateway.errors import InvalidRequest
 from gateway.features import builtins
+from gateway.rates import Rate, Rates, load_rates, money_attributes
 from gateway.record import Recorder
 from gateway.routing import Route, Router
 from gateway.state.memory import MemoryBackend
@@ -61,7 +64,11 @@ class ScenarioRunner:
     """One runner per configuration; ``run`` takes a scenario and the loaded rule set."""
 
     def __init__(self, config: Config | None = None):
+        """Raises RatesError when the config's rates file does not load."""
         self._routes = {r.name: r for r in Router(config.routes).routes} if config else None
+        currencies = (config or Config()).currencies
+        self._base = currencies.base
+        self._rates = load_rates(currencies.rates, currencies.base)
 
     def run(self, scenario: Scenario, rs: RuleSet) -> list[str]:
         """Failure messages (empty when every step met its expectations)."""
@@ -79,6 +86,10 @@ class ScenarioRunner:
         missing = sorted({r for s in scenario.steps for r in s.rules + s.not_rules} - known)
         if missing:
             return [f"unknown rule ids: {', '.join(missing)}"]
+        rates = self._rates
+        if scenario.rates is not None:   # the scenario's own rates: stable whatever the file says
+            rates = Rates(self._base, {code: Rate(Decimal(repr(value)), datetime.date.min)
+                                       for code, value in scenario.rates.items()})
         clock = _Clock(scenario.start)
         velocity = Velocity(rs.counters, MemoryBackend(clock=clock), event_ttl_s=_EVENT_TTL_S)
         events = 0
@@ -86,8 +97,8 @@ class ScenarioRunner:
             for i in range(step.repeat):
                 clock.now = scenario.start + step.at_s + i * step.every_s
                 events += 1
-                result = await _Step(rs, route, route_name, velocity, step, clock.now,
-                                     f"s{events}").run()
+                result = await _Step(rs, route, route_name, velocity, rates, step, clock.now,
+                                     f"s{events}", scenario.currency_without_rate).run()
                 if i == step.repeat - 1:
                     failures = _check(step, result)
                     if failures:
@@ -105,16 +116,21 @@ class _Clock:
 
 
 class _Step:
-    def __init__(self, rs, route: Route | None, route_name: str, velocity: Velocity, step: Step,
-                 now: float, event_id: str):
+    def __init__(self, rs, route: Route | None, route_name: str, velocity: Velocity,
+                 rates: Rates, step: Step, now: float, event_id: str, policy: str | None):
         self.rs, self.route, self.route_name = rs, route, route_name
-        self.velocity, self.step, self.now, self.event_id = velocity, step, now, event_id
+        self.velocity, self.rates, self.step = velocity, rates, step
+        self.now, self.event_id = now, event_id
+        # Without a config, a route's defaults (RouteConfig) apply.
         self.min_tier = route.config.min_tier if route is not None else "client"
+        self.policy = policy or (route.config.currency_without_rate if route is not None
+                                 else "refuse")
 
     async def run(self) -> _Result:
         result = _Result()
         try:
             transaction, extra = _extract(self.route, self.step.transaction)
+            self.money = money_attributes(transaction, self.rates, self.policy)
         except InvalidRequest as exc:
             result.error = f"transaction refused: {exc.message}"
             return result
@@ -162,7 +178,7 @@ class _Step:
         """One request of the step: built-ins, counters (one observe), the decision."""
         extra = self.extra
         attrs = {**builtins(self.route_name, _METHOD, tier, extra.get("client_id"),
-                            extra.get("ip"), self.now), **self.transaction}
+                            extra.get("ip"), self.now), **self.transaction, **self.money}
         request = _Request(attrs, self.event_id, self.velocity, self.event_id)
         observation = await self.velocity.observe_once(attrs, self.event_id, ())
         request.observation = observation

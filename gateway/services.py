@@ -12,6 +12,7 @@ from gateway.decision_log import DecisionLog, FileSink, RedisStreamSink
 from gateway.forward import Forwarder
 from gateway.record import Recorder
 from gateway.routing import Router
+from gateway.rates import RateBook
 from gateway.rulebook import RuleBook
 from gateway.state import create_backend
 from gateway.state.memory import MemoryBackend
@@ -46,6 +47,7 @@ class Services:
                              challenge_ttl_s=config.auth.challenge_ttl_s,
                              on_outcome=lambda method, outcome: STEPUP.labels(method, outcome).inc())
         self.rulebook = RuleBook(config.rules.path, self.router.attribute_types())
+        self.rates = RateBook(config.currencies.rates, config.currencies.base)
         self._velocity: dict[str, VelocityPair] = {}
         self.rulebook.listeners.append(self._rebuild_velocity)
         self.forwarder = Forwarder(config.limits.upstream_timeout_s)
@@ -90,6 +92,7 @@ class Services:
         await self.state.start()
         await self.credentials.check_master_key()
         await self.forwarder.start()
+        self.rates.load()
         self.rulebook.load()
         self.decision_log.start()
 
@@ -97,4 +100,5 @@ class Services:
         await self.forwarder.close()
         await self.decision_log.close()
         await self.rulebook.close()
+        await self.rates.close()
         await self.state.close()

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from rules.decision import ACTIONS
 from rules.yamlsrc import LineDict, line_of
 
-SCENARIO_KEYS = {"name", "route", "start", "transaction", "steps", "pending"}
+SCENARIO_KEYS = {"name", "route", "start", "transaction", "steps", "pending", "rates",
+                 "currency_without_rate"}
 STEP_KEYS = {"at", "transaction", "passed", "repeat", "every", "expect"}
 STEP_EXPECT_KEYS = {"action", "rules", "not_rules", "score", "outcome", "tier"}
 # What the gateway did in the end, as the decision log's `decision` says it.
@@ -52,6 +53,8 @@ class Scenario:
     start: float                     # epoch seconds of `at: +0s`
     steps: tuple[Step, ...]
     pending: str | None              # why it is expected to fail for now
+    rates: dict | None = None        # currency -> rate to the base: replaces the rates file
+    currency_without_rate: str | None = None   # replaces the route's policy
 
 
 def is_scenario(item) -> bool:
@@ -99,6 +102,14 @@ def read_scenario(file, item: LineDict, ln: int) -> tuple[Scenario | None, list[
     pending = item.get("pending")
     if pending is not None and (not isinstance(pending, str) or not pending):
         errors.append(f"{file}:{line_of(item, 'pending')}: pending is the reason, as text")
+    rates = item.get("rates")
+    if rates is not None and (not isinstance(rates, dict) or not all(
+            isinstance(k, str) and not isinstance(v, bool) and isinstance(v, (int, float)) and v > 0
+            for k, v in rates.items())):
+        errors.append(f"{file}:{line_of(item, 'rates')}: rates maps currency codes to positive numbers")
+    unrated = item.get("currency_without_rate")
+    if unrated is not None and unrated not in ("refuse", "high_risk"):
+        errors.append(f"{file}:{line_of(item, 'currency_without_rate')}: currency_without_rate must be refuse or high_risk")
     raw = item.get("steps")
     if not isinstance(raw, list) or not raw:
         errors.append(f"{file}:{line_of(item, 'steps')}: steps must be a non-empty list")
@@ -112,7 +123,8 @@ def read_scenario(file, item: LineDict, ln: int) -> tuple[Scenario | None, list[
             previous = step.at_s + (step.repeat - 1) * step.every_s
     if errors:
         return None, errors
-    return Scenario(name, where, item.get("route"), start, tuple(steps), pending), []
+    return Scenario(name, where, item.get("route"), start, tuple(steps), pending, rates,
+                    unrated), []
 
 
 def _read_step(file, item, ln: int, common: dict, previous: int) -> tuple[Step | None, list[str]]:
