@@ -70,6 +70,10 @@ class ScenarioRunner:
         self._base = currencies.base
         self._rates = load_rates(currencies.rates, currencies.base)
 
+    @property
+    def has_config(self) -> bool:
+        return self._routes is not None
+
     def run(self, scenario: Scenario, rs: RuleSet) -> list[str]:
         """Failure messages (empty when every step met its expectations)."""
         return asyncio.run(self._run(scenario, rs))

@@ -47,7 +47,7 @@ def run_tests(path, out=None, err=None, attribute_types: dict[str, str] | None =
         print("0 passed, 1 failed", file=out)
         return 1
     tally = {"case": [0, 0], "scenario": [0, 0, 0]}   # passed, failed (, pending)
-    invalid = 0
+    invalid = skipped = 0
     with rs:
         files = case_files(Path(path)) if Path(path).exists() else []
         if not files:
@@ -59,6 +59,11 @@ def run_tests(path, out=None, err=None, attribute_types: dict[str, str] | None =
             invalid += len(errors)
             for case in cases:
                 kind = "scenario" if isinstance(case, Scenario) else "case"
+                if kind == "scenario" and case.config_only and not getattr(
+                        scenario_runner, "has_config", False):
+                    skipped += 1
+                    print(f"SKIPPED scenario {case.where}: {case.name} (needs --config)", file=out)
+                    continue
                 problems = _run_one(case, rs, scenario_runner)
                 pending = getattr(case, "pending", None)
                 if pending and problems:
@@ -76,6 +81,7 @@ def run_tests(path, out=None, err=None, attribute_types: dict[str, str] | None =
                     tally[kind][0] += 1
     (cp, cf), (sp, sf, spend) = tally["case"], tally["scenario"]
     print(f"cases: {cp} passed, {cf} failed; scenarios: {sp} passed, {sf} failed, {spend} pending"
+          + (f", {skipped} skipped" if skipped else "")
           + (f"; {invalid} invalid test items" if invalid else ""), file=out)
     passed, failed = cp + sp, cf + sf + invalid
     print(f"{passed} passed, {failed} failed", file=out)

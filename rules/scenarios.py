@@ -15,7 +15,7 @@ from rules.decision import ACTIONS
 from rules.yamlsrc import LineDict, line_of
 
 SCENARIO_KEYS = {"name", "route", "start", "transaction", "steps", "pending", "rates",
-                 "currency_without_rate"}
+                 "currency_without_rate", "config_only"}
 STEP_KEYS = {"at", "transaction", "passed", "repeat", "every", "expect"}
 STEP_EXPECT_KEYS = {"action", "rules", "not_rules", "score", "outcome", "tier"}
 # What the gateway did in the end, as the decision log's `decision` says it.
@@ -55,6 +55,7 @@ class Scenario:
     pending: str | None              # why it is expected to fail for now
     rates: dict | None = None        # currency -> rate to the base: replaces the rates file
     currency_without_rate: str | None = None   # replaces the route's policy
+    config_only: bool = False        # means something only through a config's routes
 
 
 def is_scenario(item) -> bool:
@@ -110,6 +111,9 @@ def read_scenario(file, item: LineDict, ln: int) -> tuple[Scenario | None, list[
     unrated = item.get("currency_without_rate")
     if unrated is not None and unrated not in ("refuse", "high_risk"):
         errors.append(f"{file}:{line_of(item, 'currency_without_rate')}: currency_without_rate must be refuse or high_risk")
+    config_only = item.get("config_only", False)
+    if not isinstance(config_only, bool):
+        errors.append(f"{file}:{line_of(item, 'config_only')}: config_only is true or false")
     raw = item.get("steps")
     if not isinstance(raw, list) or not raw:
         errors.append(f"{file}:{line_of(item, 'steps')}: steps must be a non-empty list")
@@ -124,7 +128,7 @@ def read_scenario(file, item: LineDict, ln: int) -> tuple[Scenario | None, list[
     if errors:
         return None, errors
     return Scenario(name, where, item.get("route"), start, tuple(steps), pending, rates,
-                    unrated), []
+                    unrated, config_only), []
 
 
 def _read_step(file, item, ln: int, common: dict, previous: int) -> tuple[Step | None, list[str]]:

@@ -162,6 +162,19 @@ def test_with_a_config_steps_go_through_the_routes_extractor(tmp_path, config):
     assert "route 'loans' is not a route with a transaction block in the config" in out
 
 
+def test_config_only_scenarios_are_skipped_without_a_config(tmp_path, config):
+    scenario = """\
+        - name: through the route only
+          config_only: true
+          steps: [{transaction: {user_id: u1, amount: 1, currency: EUR, payee: P1}, expect: {outcome: allow}}]
+        """
+    code, out, _ = run(tmp_path, scenario)
+    assert code == 1   # nothing passed
+    assert f"SKIPPED scenario {tmp_path / 'r_test.yaml'}:1: through the route only (needs --config)" in out
+    assert out.splitlines()[-2] == "cases: 0 passed, 0 failed; scenarios: 0 passed, 0 failed, 0 pending, 1 skipped"
+    passes(tmp_path, scenario, config)
+
+
 def test_min_tier_of_the_route_applies(tmp_path):
     config = parse_config({"routes": [{**ROUTE, "min_tier": "otp"}]}, {})
     passes(tmp_path, """\
