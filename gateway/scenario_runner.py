@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -52,12 +52,13 @@ class _Request:
 
 
 @dataclass
-class _Result:
+class Result:
+    """What became of one request of a scenario."""
+
     first: Any = None                # the decision before any step-up
     outcome: str = "error"
     tier: str = "client"
     error: str | None = None
-    notes: list = field(default_factory=list)
 
 
 class ScenarioRunner:
@@ -78,18 +79,44 @@ class ScenarioRunner:
         """Failure messages (empty when every step met its expectations)."""
         return asyncio.run(self._run(scenario, rs))
 
+    def play(self, scenario: Scenario, rs: RuleSet) -> list[Result]:
+        """The result of every request of a scenario, no expectation checked (bench.pack_eval).
+        Raises ValueError when the scenario cannot run (its route, unknown rule ids)."""
+        route_name, route = self._plan(scenario, rs)
+
+        async def collect():
+            return [result async for _, _, result in self._play(scenario, rs, route_name, route)]
+        return asyncio.run(collect())
+
     async def _run(self, scenario: Scenario, rs: RuleSet) -> list[str]:
+        try:
+            route_name, route = self._plan(scenario, rs)
+        except ValueError as exc:
+            return [str(exc)]
+        async for step, i, result in self._play(scenario, rs, route_name, route):
+            if i == step.repeat - 1:
+                failures = _check(step, result)
+                if failures:
+                    label = f"step {step.where}" + (f" (repeat {i + 1})" if step.repeat > 1 else "")
+                    return [f"{label}: {failures[0]}"] + failures[1:]
+        return []
+
+    def _plan(self, scenario: Scenario, rs: RuleSet) -> tuple[str, Route | None]:
         route_name = scenario.route or route_of(rs, [r for s in scenario.steps
                                                      for r in s.rules + s.not_rules])
         route = None
         if self._routes is not None:
             route = self._routes.get(route_name)
             if route is None or route.config.transaction is None:
-                return [f"route {route_name!r} is not a route with a transaction block in the config"]
+                raise ValueError(f"route {route_name!r} is not a route with a transaction block in the config")
         known = {r.id for r in rs.rules}
         missing = sorted({r for s in scenario.steps for r in s.rules + s.not_rules} - known)
         if missing:
-            return [f"unknown rule ids: {', '.join(missing)}"]
+            raise ValueError(f"unknown rule ids: {', '.join(missing)}")
+        return route_name, route
+
+    async def _play(self, scenario: Scenario, rs: RuleSet, route_name: str, route: Route | None):
+        """(step, repetition, Result) of every request, in order."""
         rates = self._rates
         if scenario.rates is not None:   # the scenario's own rates: stable whatever the file says
             rates = Rates(self._base, {code: Rate(Decimal(repr(value)), datetime.date.min)
@@ -101,14 +128,8 @@ class ScenarioRunner:
             for i in range(step.repeat):
                 clock.now = scenario.start + step.at_s + i * step.every_s
                 events += 1
-                result = await _Step(rs, route, route_name, velocity, rates, step, clock.now,
-                                     f"s{events}", scenario.currency_without_rate).run()
-                if i == step.repeat - 1:
-                    failures = _check(step, result)
-                    if failures:
-                        label = f"step {step.where}" + (f" (repeat {i + 1})" if step.repeat > 1 else "")
-                        return [f"{label}: {failures[0]}"] + failures[1:]
-        return []
+                yield step, i, await _Step(rs, route, route_name, velocity, rates, step, clock.now,
+                                           f"s{events}", scenario.currency_without_rate).run()
 
 
 class _Clock:
@@ -130,8 +151,8 @@ class _Step:
         self.policy = policy or (route.config.currency_without_rate if route is not None
                                  else "refuse")
 
-    async def run(self) -> _Result:
-        result = _Result()
+    async def run(self) -> Result:
+        result = Result()
         try:
             transaction, extra = _extract(self.route, self.step.transaction)
             self.money = money_attributes(transaction, self.rates, self.policy)
@@ -226,7 +247,7 @@ def _extract(route: Route | None, given: dict) -> tuple[dict, dict]:
     return route.extractor.extract(body, headers, principal), extra
 
 
-def _check(step: Step, result: _Result) -> list[str]:
+def _check(step: Step, result: Result) -> list[str]:
     if result.error is not None:
         if step.outcome == "error":
             return []
