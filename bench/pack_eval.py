@@ -4,7 +4,8 @@
                               [--config examples/txgate.yaml]
 
 Genuine customers have habits: a rent payment on the first of the month, small everyday
-payments to their usual payees, one or two devices, now and then a new payee. Attacks are
+payments to their usual payees (people, and shops many customers share), one or two devices,
+now and then a new payee. Attacks are
 injected into the second month: account takeover (new device, new payees, large amounts),
 card testing (bursts of small amounts), mule fan-in (many accounts paying one payee),
 low-value splitting under the PSD2 cap, and currency switching (amounts just under the
@@ -51,6 +52,9 @@ class Traffic:
     def __init__(self, users: int, seed: int):
         self.rng = random.Random(seed)
         self.events: list[tuple[int, str, dict, str | None]] = []
+        # Shops and utilities many customers pay: a payee receiving from many users is not
+        # suspicious in itself.
+        self.merchants = [_iban(self.rng) for _ in range(max(5, users // 40))]
         self.customers = [self._customer(i) for i in range(users)]
         for customer in self.customers:
             self._genuine(customer)
@@ -63,7 +67,8 @@ class Traffic:
         rng = self.rng
         devices = [f"dev-{i}-a"] + ([f"dev-{i}-b"] if rng.random() < 0.3 else [])
         return {"user_id": f"user-{i}", "devices": devices,
-                "payees": [_iban(rng) for _ in range(rng.randint(3, 8))],
+                "payees": [_iban(rng) for _ in range(rng.randint(2, 6))]
+                + rng.sample(self.merchants, rng.randint(1, 3)),
                 "landlord": _iban(rng), "rent": rng.randrange(500, 1600, 10),
                 "country": rng.choice(("DE", "DE", "FR", "NL", "AT", "IT", "ES")),
                 "per_day": rng.uniform(0.2, 1.5)}

@@ -74,7 +74,7 @@ def test_rules_check_and_test_on_the_shipped_pack():
         kinds, last = test.stdout.strip().splitlines()[-2:]
         passed, failed = last.split(", ")
         assert failed == "0 failed" and int(passed.split()[0]) >= 150
-        assert kinds.startswith("cases: 124 passed, 0 failed; scenarios: ")
+        assert kinds.startswith("cases: 128 passed, 0 failed; scenarios: ")
 
 
 def test_auth_commands_manage_credentials_on_redis(tmp_path, redis_server):

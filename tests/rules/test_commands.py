@@ -32,7 +32,7 @@ def test_default_pack_tests_pass():
     passed = int(out.strip().splitlines()[-1].split()[0])
     assert out.strip().splitlines()[-1] == f"{passed} passed, 0 failed" and passed >= 150
     kinds = out.strip().splitlines()[-2]
-    assert kinds.startswith("cases: 124 passed, 0 failed; scenarios: ") and " 0 failed" in kinds
+    assert kinds.startswith("cases: 128 passed, 0 failed; scenarios: ") and " 0 failed" in kinds
 
 
 def test_every_rule_of_the_pack_has_a_scenario_firing_it_and_one_not():
@@ -78,7 +78,7 @@ def test_default_pack_has_positive_and_negative_cases_for_every_rule():
 
 def test_check_ok_and_errors(write):
     code, out, err = run(check, PACK)
-    assert code == 0 and out.startswith("OK: ") and " rules, 16 counters, version " in out
+    assert code == 0 and out.startswith("OK: ") and " rules, 18 counters, version " in out
     d = write(a__yaml="rules:\n  - {id: X, when: 'a >', action: deny}\n  - {id: Y, when: a > 1, action: nope}\n")
     code, out, err = run(check, d)
     assert code == 1 and out == ""
