@@ -53,6 +53,8 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
             ready = False
         if services.rulebook.last_error:
             details["rules_reload_error"] = services.rulebook.last_error
+        if services.rates.last_error:
+            details["rates_reload_error"] = services.rates.last_error
         try:
             await services.state.ping()
         except StateError as exc:

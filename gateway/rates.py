@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gateway.currencies import ISO_4217, minor_units
 from gateway.errors import InvalidRequest
+from metrics.definitions import RATES_RELOADS
 from rules.yamlsrc import LineDict, line_of, load_yaml
 
 log = logging.getLogger("txgate.rates")
@@ -147,6 +148,7 @@ class RateBook:
         try:
             rates = load_rates(self.path, self.base)
         except RatesError as exc:
+            RATES_RELOADS.labels("failure").inc()
             self.last_error = "\n".join(exc.errors)
             if self.current is not None:   # at start-up the caller reports it and exits
                 log.error("rates reload failed, keeping the running rates:\n%s", self.last_error)
@@ -155,6 +157,7 @@ class RateBook:
             log.info("exchange rates reloaded: base %s, %d currencies, oldest rate of %s",
                      rates.base, len(rates.rates), rates.oldest)
         self.current, self.last_error = rates, None
+        RATES_RELOADS.labels("success").inc()
         return rates
 
     def reload_quietly(self) -> None:

@@ -64,6 +64,17 @@ def test_rules_that_do_not_load_stop_the_start(tmp_path):
     assert any(f"{rules / 'bad.yaml'}:4:" in line for line in lines)
 
 
+def test_rates_that_do_not_load_stop_the_start_and_the_rule_tests(tmp_path):
+    rates = tmp_path / "rates.yaml"
+    rates.write_text("USD: {rate: 0.9, date: 2026-01-02}\nGBP: {rate: 0, date: 2026-01-02}\n")
+    config = write_config(tmp_path, {"currencies": {"rates": str(rates)}, "listen": "127.0.0.1:0",
+                                     "admin_listen": "127.0.0.1:0"})
+    lines = assert_clean_error(txgate("run", "--config", config, env={"TXGATE_MASTER_KEY": KEY}))
+    assert f"txgate: {rates}:2: GBP: rate must be a positive number" in lines
+    lines = assert_clean_error(txgate("rules", "test", "rules/default", "--config", config))
+    assert lines == [f"txgate: {rates}:2: GBP: rate must be a positive number"]
+
+
 def test_rules_check_and_test_on_the_shipped_pack():
     check = txgate("rules", "check", "rules/default")
     assert check.returncode == 0, check.stderr

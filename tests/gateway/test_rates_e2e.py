@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import requests
+
 from tests.fixtures.processes import wait_until
 from tests.fixtures.signing import SignedClient
 
@@ -76,6 +78,9 @@ def test_the_rates_file_reloads_with_the_rules_and_a_broken_one_is_kept_out(star
     assert r.status_code == 422 and r.json()["error"] == "rates_invalid"
     assert r.json()["errors"] == [f"{gw.rates}:1: USD: date must be the day of the rate, YYYY-MM-DD"]
     assert pay(gw, "c", 110, "USD").status_code == 403          # the running rates stay
+    assert 'txgate_rates_reloads_total{outcome="failure"} 1.0' in gw.metrics()
+    ready = requests.get(f"{gw.admin}/readyz", timeout=5).json()
+    assert "USD: date must be the day of the rate" in ready["rates_reload_error"]
 
 
 def test_a_watched_rates_file_reloads_when_it_changes(start_gateway, tmp_path, upstream):
