@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 
 import redis
@@ -85,7 +86,7 @@ def test_rules_check_and_test_on_the_shipped_pack():
         kinds, last = test.stdout.strip().splitlines()[-2:]
         passed, failed = last.split(", ")
         assert failed == "0 failed" and int(passed.split()[0]) >= 150
-        assert kinds.startswith("cases: 128 passed, 0 failed; scenarios: ")
+        assert re.fullmatch(r"cases: \d{3} passed, 0 failed; scenarios: \d{2} passed, 0 failed, .*", kinds)
 
 
 def test_auth_commands_manage_credentials_on_redis(tmp_path, redis_server):

@@ -1,5 +1,6 @@
 """check / run_tests / replay as the CLI calls them, and the shipped pack's own tests."""
 import io
+import re
 import json
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def test_default_pack_tests_pass():
     passed = int(out.strip().splitlines()[-1].split()[0])
     assert out.strip().splitlines()[-1] == f"{passed} passed, 0 failed" and passed >= 150
     kinds = out.strip().splitlines()[-2]
-    assert kinds.startswith("cases: 128 passed, 0 failed; scenarios: ") and " 0 failed" in kinds
+    assert re.fullmatch(r"cases: \d{3} passed, 0 failed; scenarios: \d{2} passed, 0 failed, .*", kinds)
 
 
 def test_every_rule_of_the_pack_has_a_scenario_firing_it_and_one_not():
