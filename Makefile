@@ -7,7 +7,7 @@ TEST_STAMP := $(VENV)/.installed-test
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test system-deps bench bench-deps bench-micro bench-smoke clean
+.PHONY: demo test system-deps bench bench-deps bench-micro bench-smoke pack-eval clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -69,6 +69,10 @@ bench-micro: $(BENCH_STAMP) system-deps
 # A short end-to-end run of the harness itself (floor, peer, pass-through, full; no doc update).
 bench-smoke: $(BENCH_STAMP) bench-deps
 	timeout 120 $(PY) -m bench.run --smoke --reps 1 --duration 2 --fixed-duration 2
+
+# The shipped rule pack against a synthetic month of genuine and attack payments (docs/rules.md).
+pack-eval: $(STAMP)
+	$(PY) -m bench.pack_eval
 
 # The fuzz targets of tests/hardening with a much larger budget (examples per target).
 FUZZ_EXAMPLES ?= 2000

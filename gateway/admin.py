@@ -13,6 +13,7 @@ from prometheus_client import multiprocess
 
 from auth.admin import setup_admin
 from gateway import __version__
+from gateway.rates import RatesError
 from metrics.identity import BuildInfo, WorkerProcesses
 from state.base import StateError
 from rules import RuleLoadError
@@ -68,6 +69,8 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
             ready = False
         if services.rulebook.last_error:
             details["rules_reload_error"] = services.rulebook.last_error
+        if services.rates.last_error:
+            details["rates_reload_error"] = services.rates.last_error
         try:
             await services.state.ping()
         except StateError as exc:
@@ -94,7 +97,11 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
 
     async def reload_rules(_):
         try:
+            services.rates.load()   # the exchange rates reload with the rules
             rules = services.rulebook.load()
+        except RatesError as exc:
+            return _json({"error": "rates_invalid", "errors": exc.errors,
+                          "version": services.rulebook.current.version}, 422)
         except RuleLoadError as exc:
             return _json({"error": "rules_invalid", "errors": exc.errors,
                           "version": services.rulebook.current.version}, 422)

@@ -127,14 +127,23 @@ def main(argv: list[str] | None = None) -> int:
 def _rules(args) -> int:
     from rules import commands
     # With a config, literals and attribute names are checked against the routes' fields.
-    types = None
+    types = config = None
     if _config_path(args):
         from gateway.routing import Router
-        types = Router.of(_load_config(args)).attribute_types() or None
+        config = _load_config(args)
+        types = Router.of(config).attribute_types() or None
     if args.action == "check":
         return commands.check(_rules_dir(args, args.dir), attribute_types=types)
     if args.action == "test":
-        return commands.run_tests(_rules_dir(args, args.dir), attribute_types=types)
+        from gateway.rates import RatesError
+        from gateway.scenario_runner import ScenarioRunner
+        try:
+            runner = ScenarioRunner(config)
+        except RatesError as exc:
+            raise UsageError("\n".join(exc.errors)) from None
+        # Scenarios run through the gateway's own extraction (with a config) and counters.
+        return commands.run_tests(_rules_dir(args, args.dir), attribute_types=types,
+                                  scenario_runner=runner)
     return commands.replay(args.log, _rules_dir(args, args.rules))
 
 

@@ -67,6 +67,21 @@ class RulesConfig(_Strict):
     reload: Literal["watch", "signal", "off"] = "watch"
 
 
+class CurrenciesConfig(_Strict):
+    """The base currency of ``amount_base`` and the rates file (gateway.rates)."""
+
+    base: str = "EUR"
+    rates: str | None = None   # none: only amounts in the base currency have a rate
+
+    @field_validator("base")
+    @classmethod
+    def _iso(cls, value: str) -> str:
+        from gateway.currencies import ISO_4217
+        if value not in ISO_4217:
+            raise ValueError("expected an ISO 4217 currency code")
+        return value
+
+
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(1_048_576, gt=0)
     upstream_timeout_s: float = Field(10, gt=0)
@@ -217,6 +232,7 @@ class RouteConfig(_Strict):
     # An https:// upstream is verified against the system CAs, or against this CA bundle.
     upstream_ca_file: str | None = None
     on_state_error: Literal["fail_closed", "fail_open", "local"] = "fail_closed"
+    currency_without_rate: Literal["refuse", "high_risk"] = "refuse"
 
     @field_validator("upstream")
     @classmethod
@@ -268,6 +284,7 @@ class Config(_Strict):
     tls: TlsConfig | None = None
     state: StateConfig = StateConfig()
     rules: RulesConfig = RulesConfig()
+    currencies: CurrenciesConfig = CurrenciesConfig()
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
     decision_log: DecisionLogConfig = DecisionLogConfig()
@@ -341,7 +358,8 @@ def parse_config(data: object, environ: dict | None = None) -> Config:
 
 # Keys holding file paths: in a file, a relative one is relative to the file's directory.
 _PATH_KEYS = (("rules", "path"), ("decision_log", "path"), ("auth", "master_key_file"),
-              ("tls", "cert_file"), ("tls", "key_file"), ("tls", "client_ca_file"))
+              ("tls", "cert_file"), ("tls", "key_file"), ("tls", "client_ca_file"),
+              ("currencies", "rates"))
 
 
 def _relative_to(data: dict, base: Path) -> dict:

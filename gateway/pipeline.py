@@ -34,6 +34,7 @@ from gateway.exchange import Exchange
 from gateway.features import builtin_attributes
 from gateway.forward import stream_back, upstream_headers
 from gateway.logs import REQUEST_ID
+from gateway.rates import money_attributes
 from gateway.responses import error_response
 from gateway.routing import check_path
 from state.base import StateError
@@ -112,6 +113,8 @@ class Pipeline:
         ex.transaction = ex.route.extractor.extract(ex.body, req.headers, ex.client_id,
                                                     ex.normalized)
         ex.attrs = {**builtin_attributes(ex), **ex.transaction}
+        ex.attrs.update(money_attributes(ex.transaction, self.s.rates.current,
+                                         ex.route.config.currency_without_rate))
 
     async def observe(self, ex: Exchange) -> None:
         """ONE state call: the signature's claims, every counter, the provisional on-allow."""

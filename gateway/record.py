@@ -85,7 +85,8 @@ class Recorder:
             entry["normalized"] = ex.normalized
         return entry
 
-    async def settle(self, ex) -> None:
+    @staticmethod
+    async def settle(ex) -> None:
         """Make the ``on: allow`` counters agree with what became of the request.
 
         Forwarded with a status below 400: the provisional counts stand; the kinds that cannot

@@ -8,12 +8,12 @@ closed only once the last such request is done.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 from pathlib import Path
 
+from gateway.watch import FileWatch
 from rules import RuleLoadError, RuleSet, load_rules
 
 from metrics.definitions import RULES_INFO, RULES_RELOADS
@@ -38,7 +38,7 @@ class RuleBook:
         self._types = attribute_types
         self._active: _Active | None = None
         self.last_error: str | None = None
-        self._watcher: asyncio.Task | None = None
+        self._watch = FileWatch(self._fingerprint, self.reload_quietly)
         self.listeners: list = []   # called with the new RuleSet after every successful swap
 
     @property
@@ -101,26 +101,11 @@ class RuleBook:
             return ()
 
     def watch(self, interval_s: float = 1.0) -> None:
-        """Reload when the directory's files change and then stay unchanged for one interval."""
-        async def loop():
-            seen = self._fingerprint()
-            while True:
-                await asyncio.sleep(interval_s)
-                now = self._fingerprint()
-                if now == seen:
-                    continue
-                await asyncio.sleep(interval_s / 2)   # debounce an editor's burst of writes
-                settled = self._fingerprint()
-                if settled == now:
-                    seen = now
-                    self.reload_quietly()
-        self._watcher = asyncio.get_running_loop().create_task(loop())
+        """Reload when the directory's files change and then stay unchanged (gateway.watch)."""
+        self._watch.start(interval_s)
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        await self._watch.stop()
         if self._active is not None:
             self._active.retired = True
             self._active.release()

@@ -92,6 +92,7 @@ class GatewayServer:
             self._runners.append(runner)
         if self.config.rules.reload == "watch":
             self.services.rulebook.watch()
+            self.services.rates.watch()
         log.info("txgate listening on %s (admin %s), rules %s", self.config.listen,
                  self.config.admin_listen, self.services.rulebook.current.version)
 
@@ -121,6 +122,7 @@ class GatewayServer:
     def _on_sighup(self) -> None:
         if self.config.rules.reload != "off":
             self.services.rulebook.reload_quietly()
+            self.services.rates.reload_quietly()
         elif self.tls is None:
             log.warning("SIGHUP ignored: rules.reload is off and there is no TLS to reload")
         if self.tls is not None:
@@ -133,7 +135,11 @@ class GatewayServer:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         # SIGUSR1 is the workers' internal "reload now": the supervisor broadcasts it when
         # one worker was asked through the admin API, so that every worker reloads.
-        loop.add_signal_handler(signal.SIGUSR1, self.services.rulebook.reload_quietly)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_reload)
+
+    def _on_reload(self) -> None:
+        self.services.rulebook.reload_quietly()
+        self.services.rates.reload_quietly()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -13,6 +13,7 @@ from gateway.forward import Forwarder
 from gateway.record import Recorder
 from gateway.replay import ReplayGuard
 from gateway.routing import Router
+from gateway.rates import RateBook
 from gateway.rulebook import RuleBook
 from gateway.sides import LocalSide, SharedSide
 from gateway.velocity import Velocity
@@ -55,6 +56,7 @@ class Services:
                              challenge_ttl_s=config.auth.challenge_ttl_s,
                              on_outcome=lambda method, outcome: STEPUP.labels(method, outcome).inc())
         self.rulebook = RuleBook(config.rules.path, self.router.attribute_types())
+        self.rates = RateBook(config.currencies.rates, config.currencies.base)
         self._velocity: dict[str, VelocityPair] = {}
         self.rulebook.listeners.append(self._rebuild_velocity)
         self.forwarder = Forwarder(config.limits.upstream_timeout_s, config.routes)
@@ -99,6 +101,7 @@ class Services:
         await self.state.start()
         await self.credentials.check_master_key()
         await self.forwarder.start()
+        self.rates.load()
         self.rulebook.load()
         self.decision_log.start()
 
@@ -106,4 +109,5 @@ class Services:
         await self.forwarder.close()
         await self.decision_log.close()
         await self.rulebook.close()
+        await self.rates.close()
         await self.state.close()

@@ -30,6 +30,7 @@ def _install_uvloop() -> None:
 def serve(config, master_key, admin_token: str | None, reuse_port: bool) -> int:
     """Serve in this process until SIGTERM; 0 on a clean stop."""
     from gateway.server import GatewayServer
+    from gateway.rates import RatesError
     from rules import RuleLoadError
 
     # A reload signal that arrives while the server is still starting must not kill it (the
@@ -48,6 +49,9 @@ def serve(config, master_key, admin_token: str | None, reuse_port: bool) -> int:
         except RuleLoadError as exc:
             await server.shutdown()
             raise StartupError("rules did not load:\n" + "\n".join(exc.errors)) from None
+        except RatesError as exc:
+            await server.shutdown()
+            raise StartupError("exchange rates did not load:\n" + "\n".join(exc.errors)) from None
         except OSError as exc:
             await server.shutdown()
             raise StartupError(f"cannot listen: {exc.strerror or exc}") from None

@@ -37,6 +37,7 @@ STATE_ERRORS = Counter("txgate_state_errors", "State store failures by operation
 FAIL_OPEN = Counter("txgate_fail_open", "Requests decided without shared state (fail_open/local)",
                     ["route", "policy"])
 RULES_RELOADS = Counter("txgate_rules_reloads", "Rule reloads by outcome", ["outcome"])
+RATES_RELOADS = Counter("txgate_rates_reloads", "Exchange-rate file reloads by outcome", ["outcome"])
 # With workers, "liveall" gives one series per live worker (an extra pid label), so a reload
 # rolling through the workers is visible and a dead worker's series disappear with
 # mark_process_dead. Aggregate with max by (version, rules), never sum: sum would read N.
@@ -74,6 +75,7 @@ def precreate(routes: Mapping[str, str]) -> None:
             STEPUP.labels(method, outcome)
     for outcome in RELOAD_OUTCOMES:
         RULES_RELOADS.labels(outcome)
+        RATES_RELOADS.labels(outcome)
     # An unconfigured sink stays at zero, which is true: it never failed.
     for sink in DECISION_LOG_SINKS:
         DECISION_LOG_ERRORS.labels(sink)

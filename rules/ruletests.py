@@ -1,5 +1,8 @@
 """`*_test.yaml` cases: a transaction and its features in, an expected decision out.
 
+Items with `steps:` are scenarios instead (``rules.scenarios``): their features come from the
+real counters, so the gateway runs them.
+
 Cases run through the real engine (the same `RuleSet.decide` the gateway calls), so a passing
 suite says what production will do, quirks included.
 """
@@ -10,6 +13,7 @@ from pathlib import Path
 
 from rules.decision import ACTIONS
 from rules.ruleset import RuleSet
+from rules.scenarios import Scenario, is_scenario, read_scenario
 from rules.yamlsrc import LineDict, line_of, load_yaml
 
 CASE_KEYS = {"name", "route", "tier", "transaction", "features", "expect"}
@@ -29,8 +33,8 @@ class Case:
     score: float | None
 
 
-def read_cases(file: Path) -> tuple[list[Case], list[str]]:
-    """Parse one test file; return its cases and its errors as FILE:LINE: message."""
+def read_cases(file: Path) -> tuple[list[Case | Scenario], list[str]]:
+    """Parse one test file; return its cases and scenarios, and its errors as FILE:LINE: message."""
     data, problems = load_yaml(file.read_text(encoding="utf-8"))
     errors = [f"{file}:{ln}: {m}" for ln, m in problems]
     if data is None:
@@ -41,6 +45,12 @@ def read_cases(file: Path) -> tuple[list[Case], list[str]]:
     for item, ln in zip(data, data.item_lines):
         where = f"{file}:{ln}"
         problems = []
+        if is_scenario(item):
+            scenario, problems = read_scenario(file, item, ln)
+            errors += problems
+            if scenario is not None:
+                cases.append(scenario)
+            continue
         if not isinstance(item, LineDict):
             errors.append(f"{where}: a case is a mapping with name, transaction, features, expect")
             continue
@@ -84,10 +94,13 @@ def read_cases(file: Path) -> tuple[list[Case], list[str]]:
 
 def case_route(case: Case, rs: RuleSet) -> str:
     """The case's route, else the first route an expected rule is limited to, else payments."""
-    if case.route:
-        return case.route
+    return case.route or route_of(rs, case.rules + case.not_rules)
+
+
+def route_of(rs: RuleSet, rule_ids) -> str:
+    """The first route one of these rules is limited to, else payments."""
     by_id = {r.id: r for r in rs.rules}
-    for rid in case.rules + case.not_rules:
+    for rid in rule_ids:
         rule = by_id.get(rid)
         if rule and rule.routes:
             return rule.routes[0]

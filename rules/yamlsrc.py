@@ -26,8 +26,11 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
+# Dates stay text too: the caller that wants one parses it (a YAML date like 2026-02-30 would
+# otherwise raise a bare ValueError out of the parser, without a line).
 _Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    ch: [(tag, rx) for tag, rx in resolvers
+         if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")]
     for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),

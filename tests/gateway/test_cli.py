@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib.metadata
 import os
+import re
 import subprocess
 
 import redis
@@ -113,14 +114,28 @@ def test_rules_that_do_not_load_stop_the_start(tmp_path):
     assert any(f"{rules / 'bad.yaml'}:4:" in line for line in lines)
 
 
+def test_rates_that_do_not_load_stop_the_start_and_the_rule_tests(tmp_path):
+    rates = tmp_path / "rates.yaml"
+    rates.write_text("USD: {rate: 0.9, date: 2026-01-02}\nGBP: {rate: 0, date: 2026-01-02}\n")
+    config = write_config(tmp_path, {"currencies": {"rates": str(rates)}, "listen": "127.0.0.1:0",
+                                     "admin_listen": "127.0.0.1:0"})
+    lines = assert_clean_error(txgate("run", "--config", config, env={"TXGATE_MASTER_KEY": KEY}))
+    assert f"txgate: {rates}:2: GBP: rate must be a positive number" in lines
+    lines = assert_clean_error(txgate("rules", "test", "rules/default", "--config", config))
+    assert lines == [f"txgate: {rates}:2: GBP: rate must be a positive number"]
+
+
 def test_rules_check_and_test_on_the_shipped_pack():
     check = txgate("rules", "check", "rules/default")
     assert check.returncode == 0, check.stderr
-    test = txgate("rules", "test", "rules/default")
-    assert test.returncode == 0, test.stdout + test.stderr
-    last = test.stdout.strip().splitlines()[-1]
-    passed, failed = last.split(", ")
-    assert failed == "0 failed" and int(passed.split()[0]) >= 100
+    # Scenarios run too, and with a config through the routes' own extraction (min_tier included).
+    for extra in ((), ("--config", "examples/txgate.yaml")):
+        test = txgate("rules", "test", "rules/default", *extra)
+        assert test.returncode == 0, test.stdout + test.stderr
+        kinds, last = test.stdout.strip().splitlines()[-2:]
+        passed, failed = last.split(", ")
+        assert failed == "0 failed" and int(passed.split()[0]) >= 150
+        assert re.fullmatch(r"cases: \d{3} passed, 0 failed; scenarios: \d{2} passed, 0 failed, .*", kinds)
 
 
 def test_auth_commands_manage_credentials_on_redis(tmp_path, redis_server):

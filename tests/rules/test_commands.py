@@ -1,5 +1,6 @@
 """check / run_tests / replay as the CLI calls them, and the shipped pack's own tests."""
 import io
+import re
 import json
 from pathlib import Path
 
@@ -7,6 +8,8 @@ from rules import load_rules
 from rules.commands import check, replay, run_tests
 from rules.loader import case_files
 from rules.ruletests import read_cases
+from rules.scenarios import Scenario
+from gateway.scenario_runner import ScenarioRunner
 
 PACK = Path(__file__).parents[2] / "rules" / "default"
 RULES = """\
@@ -23,17 +26,45 @@ def run(fn, *args):
 
 
 def test_default_pack_tests_pass():
-    code, out, err = run(run_tests, PACK)
-    assert code == 0, out + err
+    out, err = io.StringIO(), io.StringIO()
+    code = run_tests(PACK, out=out, err=err, scenario_runner=ScenarioRunner())
+    out = out.getvalue()
+    assert code == 0, out + err.getvalue()
     passed = int(out.strip().splitlines()[-1].split()[0])
-    assert out.strip().splitlines()[-1] == f"{passed} passed, 0 failed" and passed >= 100
+    assert out.strip().splitlines()[-1] == f"{passed} passed, 0 failed" and passed >= 150
+    kinds = out.strip().splitlines()[-2]
+    assert re.fullmatch(r"cases: \d{3} passed, 0 failed; scenarios: \d{2} passed, 0 failed, .*", kinds)
+
+
+def test_every_rule_of_the_pack_has_a_scenario_firing_it_and_one_not():
+    rs = load_rules(PACK)
+    try:
+        items = [c for f in case_files(PACK) for c in read_cases(f)[0]]
+        steps = [st for s in items if isinstance(s, Scenario) and not s.pending for st in s.steps]
+        ids = {r.id for r in rs.rules}
+        assert ids - {r for st in steps for r in st.rules} == set()
+        assert ids - {r for st in steps for r in st.not_rules} == set()
+    finally:
+        rs.close()
+
+
+def test_scenarios_without_the_gateway_fail_clearly(write):
+    d = write(r__yaml=RULES, r_test__yaml="""\
+        - name: burst
+          steps: [{transaction: {user_id: u1}, expect: {not_rules: [VEL-001]}}]
+        """)
+    code, out, _ = run(run_tests, d)
+    assert code == 1 and f"FAIL scenario {d / 'r_test.yaml'}:1: burst" in out
+    assert "a scenario needs the gateway's counters: run it with `txgate rules test`" in out
+    assert out.splitlines()[-2:] == ["cases: 0 passed, 0 failed; scenarios: 0 passed, 1 failed, 0 pending",
+                                     "0 passed, 1 failed"]
 
 
 def test_default_pack_has_positive_and_negative_cases_for_every_rule():
     rs = load_rules(PACK, {"user_id": "string", "amount": "number", "currency": "string",
                            "payee": "string", "device_id": "string", "country": "string"})
     try:
-        cases = [c for f in case_files(PACK) for c in read_cases(f)[0]]
+        cases = [c for f in case_files(PACK) for c in read_cases(f)[0] if not isinstance(c, Scenario)]
         positive = {r for c in cases for r in c.rules}
         negative = {r for c in cases for r in c.not_rules}
         ids = {r.id for r in rs.rules}
@@ -48,7 +79,7 @@ def test_default_pack_has_positive_and_negative_cases_for_every_rule():
 
 def test_check_ok_and_errors(write):
     code, out, err = run(check, PACK)
-    assert code == 0 and out.startswith("OK: ") and " rules, 16 counters, version " in out
+    assert code == 0 and out.startswith("OK: ") and " rules, 18 counters, version " in out
     d = write(a__yaml="rules:\n  - {id: X, when: 'a >', action: deny}\n  - {id: Y, when: a > 1, action: nope}\n")
     code, out, err = run(check, d)
     assert code == 1 and out == ""
@@ -69,7 +100,7 @@ def test_failing_case_prints_expected_actual_and_matches(write):
         """)
     code, out, _ = run(run_tests, d)
     assert code == 1
-    assert f"FAIL {d / 'r_test.yaml'}:5: wrong expectation" in out
+    assert f"FAIL case {d / 'r_test.yaml'}:5: wrong expectation" in out
     assert "expected action review, got deny" in out
     assert "expected rules not to match: VEL-001" in out
     assert "matched: VEL-001, GEO-002; action deny, score 0" in out    # route taken from GEO-002

@@ -73,7 +73,7 @@ def test_create_and_close_fifty_rule_sets_keeps_working():
     pack = Path(__file__).parents[2] / "rules" / "default"
     for _ in range(50):
         rs = load_rules(pack)
-        assert rs.decide({"amount": 60000, "currency": "USD"}, "payments").action == "require_device"
+        assert rs.decide({"amount_base": 60000, "currency": "USD"}, "payments").action == "require_device"
         rs.close()
 
 

@@ -77,7 +77,7 @@ def test_counters_parse_with_features_and_yaml_on_key():
     rs = load_rules(Path(__file__).parents[2] / "rules" / "default")
     try:
         by = {c.name: c for c in rs.counters}
-        assert by["user_amount_24h"] == CounterSpec("user_amount_24h", ("user_id",), "sum", "amount", 86400, None, "allow")
+        assert by["user_amount_24h"] == CounterSpec("user_amount_24h", ("user_id",), "sum", "amount_base", 86400, None, "allow")
         assert by["user_payee"].feature == "user_payee_age_s" and by["user_tx_1h"].feature == "user_tx_1h"
         assert by["user_lowvalue_sum"].reset_on == "strong_auth" and by["user_lowvalue_sum"].window_s is None
         assert {c.aggregate for c in rs.counters} == {"count", "sum", "distinct", "first_seen"}
