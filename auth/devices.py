@@ -1,4 +1,4 @@
-"""The device signing payload (interface §5): what a user's device signs to approve exactly
+"""The device signing payload (docs/protocol.md §5, "Step-up"): what a user's device signs to approve exactly
 one transaction (PSD2 RTS Art. 5, dynamic linking).
 
 UTF-8, one field a line, no trailing newline::

@@ -1,4 +1,4 @@
-"""The admin server: health, readiness, metrics and the admin API (interface §2, §6)."""
+"""The admin server: health, readiness, metrics and the admin API (docs/protocol.md §5 "Admin API", §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``txgate`` command (interface §2). User mistakes end as one line on stderr, exit 1."""
+"""The ``txgate`` command (docs/protocol.md §2). User mistakes end as one line on stderr, exit 1."""
 
 from __future__ import annotations
 

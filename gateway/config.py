@@ -1,4 +1,4 @@
-"""``txgate.yaml``: validated once at start into frozen models (interface §3).
+"""``txgate.yaml``: validated once at start into frozen models (docs/protocol.md §3, docs/configuration.md).
 
 Unknown keys are errors, and every error names its key path (``routes[1].upstream: ...``) and,
 read from a file, its line (``txgate.yaml:12: routes[1].upstream: ...``). Relative paths in a

@@ -1,4 +1,4 @@
-"""The decision log (interface §7): one JSON line per decided request, written off the hot path.
+"""The decision log (docs/protocol.md §7): one JSON line per decided request, written off the hot path.
 
 Records go into a bounded queue that one writer task drains in batches into every sink. A full
 queue or a failing sink is counted in ``txgate_decision_log_errors_total{sink}`` and logged

@@ -1,4 +1,4 @@
-"""The built-in rule attributes every request has (interface §4)."""
+"""The built-in rule attributes every request has (docs/rules.md, "Attributes")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""After the decision: ``on: allow`` counters, metrics and the decision log (interface §6–7)."""
+"""After the decision: ``on: allow`` counters, metrics and the decision log (docs/protocol.md §6–7)."""
 
 from __future__ import annotations
 

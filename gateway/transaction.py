@@ -1,4 +1,4 @@
-"""Turn a route's ``transaction`` block into typed rule attributes (interface §3).
+"""Turn a route's ``transaction`` block into typed rule attributes (docs/protocol.md §3).
 
 Every field's source and type is compiled once per route; per request we only walk the parsed
 JSON. Anything malformed, missing or ill-typed is an ``InvalidRequest`` naming the field.
@@ -21,7 +21,7 @@ from rules import MAX_NUMBER, MAX_STRING, TYPE_KIND
 
 _MISSING = object()
 _PATH_STEP = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]")
-# Types by attribute name when the long form does not say (interface §3).
+# Types by attribute name when the long form does not say (docs/protocol.md §3).
 _NAMED_TYPES = {"amount": "amount", "currency": "currency"}
 
 

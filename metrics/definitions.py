@@ -1,4 +1,4 @@
-"""Every txgate metric, declared once (interface §6). Names and labels are a public contract:
+"""Every txgate metric, declared once (docs/protocol.md §6). Names and labels are a public contract:
 dashboards and alerts depend on them. Label values are bounded: routes and rule ids come from
 configuration and loaded rules, never from request data."""
 

@@ -1,8 +1,10 @@
 """The only module that talks to durable-rules' C engine.
 
-Pattern from ../shared/durable-rules-notes.md: one compiled ruleset and one fixed session per
-loaded rule set; per transaction assert_fact -> collect fired rules -> retract_fact. Every rule
-is ANDed here with a guard field the session-state document never has, so no condition the
+One compiled ruleset and one fixed session per loaded rule set; per transaction assert_fact ->
+collect fired rules -> retract_fact. One session, because a ruleset holds at most 1,024 live
+sessions and then fails with MemoryError for good; a swap deletes the session state before the
+ruleset, or the session's memory leaks (docs/durable-rules.md has the engine's pitfalls). Every
+rule is ANDed here with a guard field the session-state document never has, so no condition the
 compiler produces can match the engine's own state (such a rule spins forever at 100% CPU).
 
 Numbers go to the engine as doubles written without exponent: the engine rejects `1e+16`

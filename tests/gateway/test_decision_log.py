@@ -1,4 +1,4 @@
-"""Decision log sinks (interface §7): the Redis Stream sink on a real redis-server, failing
+"""Decision log sinks (docs/protocol.md §7): the Redis Stream sink on a real redis-server, failing
 sinks counted in txgate_decision_log_errors_total{sink} and shown in /readyz, and close()
 writing everything still queued."""
 

@@ -10,7 +10,7 @@ import metrics.definitions as d
 from tests.metrics.conftest import DASHBOARD
 from tests.metrics.test_prometheus_e2e import panel_expressions
 
-CONTRACT = {   # interface §6: name -> labels
+CONTRACT = {   # docs/protocol.md §6: name -> labels
     "txgate_requests": ("route", "decision"), "txgate_rule_hits": ("rule", "action", "mode"),
     "txgate_stepup": ("method", "outcome"), "txgate_auth_failures": ("reason",),
     "txgate_risk_score": ("route",), "txgate_overhead_seconds": ("route",),
