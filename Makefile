@@ -5,7 +5,7 @@ PYTHON ?= python3
 SUPPORTED_PYTHONS := 3.11 3.12 3.13
 VENV ?= .venv
 PYTHON_EXE := $(shell .ci/python-for $(PYTHON))
-PYTHON_VERSION := $(shell $(PYTHON_EXE) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PYTHON_VERSION := $(if $(PYTHON_EXE),$(shell $(PYTHON_EXE) -c 'import sys; print("%d.%d" % sys.version_info[:2])'))
 ifeq ($(PYTHON_VERSION),)
 $(error no Python interpreter '$(PYTHON)')
 endif
