@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 # PYTHON picks the interpreter of .venv (`make test PYTHON=python3.13`); .venv is rebuilt when
-# it changes. The supported versions are pyproject.toml's requires-python.
+# it changes. SUPPORTED_PYTHONS says what requires-python says (tests/test_supported_pythons.py).
 PYTHON ?= python3
 SUPPORTED_PYTHONS := 3.11 3.12 3.13
 VENV ?= .venv
