@@ -12,14 +12,19 @@ Numbers go to the engine as doubles written without exponent: the engine rejects
 """
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import math
 import threading
 from decimal import Decimal
 
-import durable_rules_engine as dre
 import orjson
+
+# Built by setup.py from vendor/ (docs/durable-rules.md), not the durable-rules PyPI package.
+# Loaded by name: an import statement would read, to static tools (import-linter, grimp,
+# which see no Python source for an extension), as this module importing its own package.
+dre = importlib.import_module("rules.durable_rules_engine")
 
 GUARD_FIELD = "tx_id"
 GUARD = {"$ex": {GUARD_FIELD: 1}}
