@@ -29,6 +29,7 @@ import base64
 import contextvars
 import hashlib
 import hmac
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from auth.credentials import ClientKey, CredentialStore
 from auth.errors import AuthError, invalid_signature
 from gateway.state.base import StateBackend
 
+log = logging.getLogger("txgate.signatures")
 _ALGS = {"hmac-sha256": "hmac", "ed25519": "ed25519"}
 _DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
@@ -61,6 +63,7 @@ class VerifiedSignature:
     client_id: str
     label: str
     claims: tuple[tuple[str, float], ...]
+    key_id: str | None = None          # the RFC 9421 keyid (None for a TLS certificate)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -198,7 +201,8 @@ class SignatureVerifier:
 
     async def verify(self, method: str, url: str, headers: Mapping[str, str],
                      body: bytes) -> str:
-        """The id of the client that signed the request; AuthError(401, invalid_signature)."""
+        """The id of the client that signed the request (whichever of its keys signed);
+        AuthError(401, invalid_signature)."""
         checked = await self.check(method, url, headers, body)
         await self.claim(checked)
         return checked.client_id
@@ -281,6 +285,10 @@ class SignatureVerifier:
         key: ClientKey | None = await self._store.client_key(keyid)
         if key is None:
             raise invalid_signature("unknown_key")
+        if key.expires is not None and self._clock() >= key.expires:
+            # The operator must learn which key to replace; the keyid is not a secret.
+            log.warning("signature refused: key %s of client %s expired", keyid, key.client_id)
+            raise invalid_signature("key_expired")
         if alg is not None and _ALGS[alg] != key.type:
             raise invalid_signature("alg_mismatch")
         if "content-digest" in names:
@@ -306,7 +314,7 @@ class SignatureVerifier:
         if nonce is not None:
             claims.append((f"{tag}:nonce:{hashlib.sha256(nonce.encode()).hexdigest()[:32]}",
                            self._claim_ttl))
-        return VerifiedSignature(keyid, label, tuple(claims))
+        return VerifiedSignature(key.client_id, label, tuple(claims), keyid)
 
 
 # The client id named by the verified TLS client certificate of the connection the current
@@ -351,7 +359,7 @@ class TlsClientVerifier:
         client_id = TLS_CLIENT.get()
         if client_id is None or _header(headers, "signature-input") is not None:
             return await self._signatures.check(method, url, headers, body)
-        if await self._store.client_key(client_id) is None:
+        if not await self._store.client_active(client_id):
             raise invalid_signature("unknown_certificate_client")
         return VerifiedSignature(client_id, "tls", ())
 

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client import multiprocess
+from prometheus_client.core import GaugeMetricFamily
 
 from auth.admin import setup_admin
 from gateway.state.base import StateError
@@ -17,6 +18,17 @@ from rules import RuleLoadError
 
 
 _OPENAPI = Path(__file__).with_name("admin-openapi.yaml")   # the admin API, described
+KEY_EXPIRY_WARNING_S = 14 * 86400      # txgate_client_keys_expiring looks this far ahead
+
+
+class _Collected:
+    """A collector answering metric families computed beforehand."""
+
+    def __init__(self, families: list):
+        self._families = families
+
+    def collect(self):
+        return iter(self._families)
 
 
 def _json(data: dict, status: int = 200) -> web.Response:
@@ -66,7 +78,25 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
             multiprocess.MultiProcessCollector(registry)
         else:
             registry = REGISTRY
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = generate_latest(registry) + await _expiring_keys()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _expiring_keys() -> bytes:
+        # Read from the shared store at scrape time: every worker and gateway reports the same
+        # fleet-wide numbers (alerts take max, not sum), with no per-process state to go stale.
+        try:
+            counts = await services.credentials.expiring_keys(KEY_EXPIRY_WARNING_S)
+        except StateError:
+            return b""        # the store is down: txgate_state_errors_total says so already
+        family = GaugeMetricFamily("txgate_client_keys_expiring", "Active keys of each client "
+                                   "expiring within 14 days (or expired, not yet revoked)",
+                                   labels=["client"])
+        for client, count in sorted(counts.items()):
+            family.add_metric([client], count)
+        # A one-off collector: a Gauge would write worker files under PROMETHEUS_MULTIPROC_DIR.
+        registry = CollectorRegistry()
+        registry.register(_Collected([family]))
+        return generate_latest(registry)
 
     async def reload_rules(_):
         try:

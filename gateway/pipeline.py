@@ -99,6 +99,7 @@ class Pipeline:
             except StateError:   # the client's key is not known to this process either
                 raise StateUnavailable() from None
         ex.client_id = checked.client_id
+        ex.key_id = checked.key_id
         ex.claims = tuple((key, max(1, int(ttl * 1000))) for key, ttl in checked.claims)
         ex.tier = "client"
         if ex.route.config.transaction is None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from auth.audit import ADMIN_ACTOR, audit_trail
 from auth.credentials import CredentialStore
 from auth.signatures import SignatureVerifier
 from auth.stepup import StepUp
 from gateway.config import Config
-from gateway.decision_log import DecisionLog, FileSink, RedisStreamSink
+from gateway.decision_log import DecisionLog, open_sinks
 from gateway.forward import Forwarder
 from gateway.record import Recorder
 from gateway.replay import ReplayGuard
@@ -37,7 +38,9 @@ class Services:
                                     config.state.timeout_ms)
         self.local_state = MemoryBackend()
         self.replay = ReplayGuard(self.state, self.local_state)
-        self.credentials = CredentialStore(self.state, master_key)
+        # Credential changes made here come through the admin API: its token is the actor.
+        self.credentials = CredentialStore(self.state, master_key, audit=audit_trail(
+            lambda record: self.decision_log.write(record), ADMIN_ACTOR))
         skew = config.auth.signature.max_skew_s
         self.verifier = SignatureVerifier(self.credentials, self.state, max_skew_s=skew)
         self.local_verifier = SignatureVerifier(self.credentials, self.local_state, max_skew_s=skew)
@@ -54,22 +57,9 @@ class Services:
         self._velocity: dict[str, VelocityPair] = {}
         self.rulebook.listeners.append(self._rebuild_velocity)
         self.forwarder = Forwarder(config.limits.upstream_timeout_s)
-        self.decision_log = DecisionLog(self._sinks(), config.decision_log.queue_size)
+        self.decision_log = DecisionLog(open_sinks(config), config.decision_log.queue_size)
         self.recorder = Recorder(self.decision_log, self.velocity_for)
         precreate({route.name: route.on_state_error for route in config.routes})
-
-    def _sinks(self) -> list:
-        cfg = self.config.decision_log
-        sinks = []
-        if cfg.path:
-            sinks.append(FileSink(cfg.path))
-        if cfg.redis_stream:
-            from redis.asyncio import Redis, RedisCluster
-            url = self.config.state.url or "redis://127.0.0.1:6379"
-            # A stream is one key: on a cluster the client must route it to its slot's node.
-            client = (RedisCluster if self.config.state.cluster else Redis).from_url(url)
-            sinks.append(RedisStreamSink(client, cfg.redis_stream, cfg.redis_maxlen))
-        return sinks
 
     def _rebuild_velocity(self, rules) -> None:
         # Counters change with the rules; both views are built at load time, never per request.

@@ -34,6 +34,13 @@ if value == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return value
 """
 
+# HGET + compare + HSET as one step: a record changed since it was read is left alone.
+_HREPLACE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
 
 # Per node; more concurrent commands wait for a free connection (see _call).
 MAX_CONNECTIONS = 64
@@ -67,6 +74,7 @@ class RedisBackend(StateBackend):
             self._client = Redis.from_url(url, **options)
         self._advance = self._client.register_script(_ADVANCE)
         self._incr = self._client.register_script(_INCR)
+        self._hreplace = self._client.register_script(_HREPLACE)
         # redis-py raises MaxConnectionsError when its pool is exhausted; a burst should queue
         # for a connection instead (for at most timeout_ms), so calls take a slot first.
         self._slots = asyncio.Semaphore(max_connections)
@@ -178,6 +186,10 @@ class RedisBackend(StateBackend):
     async def hset(self, key: str, field: str, value: bytes) -> None:
         await self._command("hset", ("HSET", key, field, value),
                             lambda: self._client.hset(key, field, value))
+
+    async def hreplace(self, key: str, field: str, expected: bytes, value: bytes) -> bool:
+        return bool(await self._script("hreplace", self._hreplace, [key],
+                                       [field, expected, value]))
 
     async def hget(self, key: str, field: str) -> bytes | None:
         return await self._command("hget", ("HGET", key, field),

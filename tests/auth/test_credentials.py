@@ -106,7 +106,10 @@ def test_list_and_revoke(store):
     run(store.enroll_totp("alice"))
     run(store.add_device("alice", _pem(ed25519.Ed25519PrivateKey.generate()), "phone"))
     listed = {(c.kind, c.id): c for c in run(store.list())}
-    assert set(listed) == {("client", "c1"), ("totp", "alice"), ("device", "alice/phone")}
+    # A client is listed with its first key (keyid: the client id).
+    assert set(listed) == {("client", "c1"), ("key", "c1"), ("totp", "alice"),
+                           ("device", "alice/phone")}
+    assert listed[("key", "c1")].client == "c1"
     assert all(c.active for c in listed.values())
     assert listed[("device", "alice/phone")].user == "alice"
 
@@ -146,4 +149,6 @@ def test_reprs_hold_no_secret(store):
     key = run(store.client_key("c1"))
     assert secret not in repr(key) and secret not in repr(store)
     record = json.loads(store._state._values["{txgate:cred}:clients"]["c1"])
-    assert set(record) == {"type", "created", "revoked", "secret"}
+    # key_id names the master key that sealed the secret (derived from it, never the key).
+    assert set(record) == {"type", "created", "revoked", "secret", "key_id"}
+    assert record["key_id"] == store.master_key_id
