@@ -29,6 +29,7 @@ from auth.totp import Totp
 
 # Answers that carry a secret must not be stored by any cache on the way.
 _NO_STORE = {"Cache-Control": "no-store"}
+_MAX_KEY_LIFETIME_S = 10 * 365 * 86400
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
@@ -110,8 +111,10 @@ def routes(store: CredentialStore, totp: Totp | None = None,
             raise CredentialError("public_key: expected a PEM string")
         if "key_id" in data and not isinstance(key_id, str):   # null is not "no key id"
             raise CredentialError("key_id: expected a string")
-        if "expires_in_s" in data and (type(expires_in_s) is not int or expires_in_s < 1):
-            raise CredentialError("expires_in_s: expected a positive integer")
+        if "expires_in_s" in data and (type(expires_in_s) is not int
+                                       or not 1 <= expires_in_s <= _MAX_KEY_LIFETIME_S):
+            raise CredentialError(f"expires_in_s: expected an integer from 1 to "
+                                  f"{_MAX_KEY_LIFETIME_S} (10 years)")
         key_id, secret = await store.add_key(client_id, hmac_secret=public_key is None,
                                              public_key_pem=public_key, key_id=key_id,
                                              expires_in_s=expires_in_s)
