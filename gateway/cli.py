@@ -159,6 +159,8 @@ def _auth(args) -> int:
         await state.start()
         try:
             store = CredentialStore(state, key, audit=audit_trail(audit_log.write, cli_actor()))
+            # A wrong key would seal new secrets that no gateway can open: refuse first.
+            await store.check_master_key()
             if args.action == "add-client":
                 pem = _read(args.public_key) if args.public_key else None
                 return await commands.add_client(store, args.id, args.hmac, pem, sys.stdout)
