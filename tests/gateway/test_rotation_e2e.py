@@ -62,6 +62,11 @@ def pay(client: SignedClient, gateway, amount: int = 20, user: str | None = None
                                 "payee": "DE02100100109307118603"})
 
 
+def audit_actor() -> str:
+    from auth.audit import cli_actor
+    return cli_actor()
+
+
 def logged(gateway) -> list[dict]:
     return [json.loads(line) for line in gateway.decision_log.read_text().splitlines()]
 
@@ -112,6 +117,9 @@ def test_client_keys_from_the_cli_to_the_decision_log_and_metrics(fleet):
     assert pay(SignedClient("shop", first), gw).status_code == 200
     missing = cli(gw, "revoke", "key", "shop/nope")
     assert missing.returncode == 1 and missing.stderr.startswith("txgate: no key")
+    assert [(r["action"], r["kind"], r["id"]) for r in audit_lines(gw)] == [
+        ("add", "client", "shop"), ("add", "key", key_id), ("revoke", "key", key_id)]
+    assert {r["actor"] for r in audit_lines(gw)} == {audit_actor()}
 
 
 def test_an_expired_key_is_refused_and_named_in_the_log(fleet):
@@ -327,3 +335,51 @@ def test_a_rekey_killed_midway_loses_nothing_and_a_rerun_finishes_it(fleet, redi
 def redis_lib(redis_server):
     import redis
     return redis.Redis(port=redis_server.port)
+
+
+# -- 4. TOTP re-enrolment that cannot lock a user out -----------------------------------------
+
+def oathtool_at(secret: str, offset_s: int) -> str:
+    return subprocess.run(["oathtool", "--totp", "-b", "-N", f"now + {offset_s} seconds", secret],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_staged_totp_secret_replaces_the_old_one_only_when_confirmed(fleet):
+    gw = fleet()
+    secret = gw.admin_post("/admin/clients", {"id": "shop", "hmac": True}).json()["secret"]
+    client = SignedClient("shop", secret)
+    enrolled = cli(gw, "enroll-totp", "alice")
+    assert enrolled.returncode == 0, enrolled.stderr
+    old = re.search(r"secret=([A-Z2-7]+)", enrolled.stdout)[1]
+    refused = cli(gw, "enroll-totp", "alice")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "already enrolled" in refused.stderr and "--force" in refused.stderr
+    staged = cli(gw, "enroll-totp", "alice", "--force")
+    assert staged.returncode == 0 and "staged" in staged.stdout.splitlines()[0]
+    new = re.search(r"secret=([A-Z2-7]+)", staged.stdout)[1]
+    gw.secrets.update({old, new})
+    assert "totp (staged)" in cli(gw, "list").stdout
+
+    # Until confirmed, the old authenticator keeps working and the new one does not.
+    assert step_up(client, gw, oathtool(new)).status_code == 401
+    assert step_up(client, gw, oathtool(old)).status_code == 200
+    wrong = cli(gw, "confirm-totp", "alice", oathtool(old))
+    assert wrong.returncode == 1 and wrong.stderr == \
+        "txgate: the code does not match the staged secret\n"
+    confirmed = cli(gw, "confirm-totp", "alice", oathtool(new))
+    assert confirmed.returncode == 0, confirmed.stderr
+    # Now the old one is refused and the new one passes (next time step: the current one
+    # was used by the old secret's answer above).
+    assert step_up(client, gw, oathtool_at(old, 30)).status_code == 401
+    assert step_up(client, gw, oathtool_at(new, 30)).status_code == 200
+    assert "totp (staged)" not in cli(gw, "list").stdout
+
+    # 5. the audit trail: one line per change, by whom, never a secret
+    trail = [(r["actor"].split(":")[0], r["action"], r["kind"], r["id"])
+             for r in audit_lines(gw)]
+    assert trail == [("admin-token", "add", "client", "shop"), ("cli", "enroll", "totp", "alice"),
+                     ("cli", "stage", "totp", "alice"), ("cli", "confirm", "totp", "alice")]
+    assert all(set(r) == {"ts", "type", "actor", "action", "kind", "id"}
+               for r in audit_lines(gw))
+    text = gw.decision_log.read_text()
+    assert not any(s in text for s in (secret, old, new))
