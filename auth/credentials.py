@@ -249,7 +249,11 @@ class CredentialStore:
 
     async def _load(self, kind: str, record_id: str) -> dict | None:
         raw = await self._state.hget(_COLLECTIONS[kind], record_id)
-        return json.loads(raw) if raw is not None else None
+        if raw is None:
+            return None
+        record = _Record(json.loads(raw))
+        record.raw = raw
+        return record
 
     async def _create(self, kind: str, record_id: str, record: dict) -> None:
         if await self._state.hget(_COLLECTIONS[kind], record_id) is not None:
@@ -257,7 +261,14 @@ class CredentialStore:
         await self._save(kind, record_id, record)
 
     async def _save(self, kind: str, record_id: str, record: dict) -> None:
-        await self._state.hset(_COLLECTIONS[kind], record_id, _dump(record))
+        """Store ``record``; a record read with ``_load`` is replaced only if nobody changed it
+        since (two operators at once: the second is told to retry, nothing is undone)."""
+        if not isinstance(record, _Record):
+            await self._state.hset(_COLLECTIONS[kind], record_id, _dump(record))
+        elif not await self._state.hreplace(_COLLECTIONS[kind], record_id, record.raw,
+                                            _dump(record)):
+            raise CredentialError(f"{kind} {record_id!r} changed while this change was made; "
+                                  "run it again", 409, "conflict")
 
     def _sealed(self, kind: str, record_id: str, secret: bytes) -> dict:
         """The record fields of a sealed secret: the blob and the id of the key that sealed it."""
@@ -616,6 +627,12 @@ class CredentialStore:
         current = self._key.key_id
         return ("secret" in record and record.get("key_id") != current) or \
             ("pending" in record and record["pending"].get("key_id") != current)
+
+
+class _Record(dict):
+    """A stored record as read, with its stored bytes (``raw``) for a compare-and-set write."""
+
+    __slots__ = ("raw",)
 
 
 def _dump(record: dict) -> bytes:

@@ -268,3 +268,22 @@ def test_every_change_is_audited_by_id_and_reads_are_not(audited, clock):
                      ("rekey", "master_key", store.master_key_id)]
     text = repr(calls)
     assert not any(s in text for s in (secret, second, seed, staged))
+
+
+def test_a_change_to_a_record_changed_meanwhile_is_refused_not_lost(store, state, clock):
+    totp = Totp()
+    run(store.enroll_totp("alice"))
+    staged = run(store.enroll_totp("alice", replace=True))
+    remember(staged)
+    real_hreplace = state.hreplace
+
+    async def revoke_first(key, field, expected, value):
+        state.hreplace = real_hreplace           # an operator revokes alice meanwhile
+        await store.revoke("totp", "alice")
+        return await real_hreplace(key, field, expected, value)
+
+    state.hreplace = revoke_first
+    with pytest.raises(CredentialError) as info:
+        run(store.confirm_totp("alice", totp.code(staged, totp.step(clock.now)), totp))
+    assert (info.value.status, info.value.code) == (409, "conflict")
+    assert not run(store.has_totp("alice"))     # the revocation stands
