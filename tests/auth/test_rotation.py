@@ -119,8 +119,8 @@ def test_an_expired_key_is_refused_by_name_in_the_log(store, state, clock, caplo
     verify(verifier, *sign(key_id, secret.encode(), nonce="before"))
     clock.advance(3600)
     with caplog.at_level(logging.WARNING, "txgate.signatures"):
-        assert reason(verifier, *sign(key_id, secret.encode(), created=datetime.datetime.fromtimestamp(clock.now))) == \
-            "key_expired"
+        created = datetime.datetime.fromtimestamp(clock.now)
+        assert reason(verifier, *sign(key_id, secret.encode(), created=created)) == "key_expired"
     assert [r.getMessage() for r in caplog.records if r.name == "txgate.signatures"] == [
         f"signature refused: key {key_id} of client shop expired"]
 
