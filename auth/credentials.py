@@ -386,15 +386,15 @@ class CredentialStore:
     async def _read_client_key(self, key_id: str) -> ClientKey | None:
         if not _KEY_ID.fullmatch(key_id):
             return None
-        record = await self._load("key", key_id)
-        kind, client_id = "key", None
-        if record is not None:
-            client_id = record["client"]
-        elif _ID.fullmatch(key_id):
-            record = await self._load("client", key_id)
-            kind, client_id = "client", key_id
-            if record is not None and record.get("key_revoked") is not None:
-                return None
+        # Keyids are unique across both collections; a client's first key is the common case,
+        # so it costs one round trip as before keys were added.
+        record = await self._load("client", key_id) if _ID.fullmatch(key_id) else None
+        kind, client_id = "client", key_id
+        if record is not None and record.get("key_revoked") is not None:
+            return None
+        if record is None:
+            record = await self._load("key", key_id)
+            kind, client_id = "key", record and record["client"]
         if record is None or record["revoked"] is not None:
             return None
         if record["type"] == "hmac":
