@@ -2,10 +2,15 @@
 
     POST   /admin/clients                   {"id", "hmac": true | "public_key": PEM}
                                             -> 201 {"id", "secret"?}  (the secret only here)
-    POST   /admin/totp/{user}               {"secret"?, "replace"?} -> 201 {"user", "otpauth_uri"}
+    POST   /admin/clients/{client}/keys     {"hmac": true | "public_key": PEM, "key_id"?,
+                                             "expires_in_s"?} -> 201 {"client", "key_id", "secret"?}
+    POST   /admin/totp/{user}               {"secret"?, "replace"?}
+                                            -> 201 {"user", "otpauth_uri", "staged"}
+    POST   /admin/totp/{user}/confirm       {"code"} -> {"user", "confirmed"}
     POST   /admin/devices/{user}            {"public_key", "name"?} -> 201 {"user", "id"}
     GET    /admin/credentials               -> {"credentials": [...]}  (never a secret)
-    DELETE /admin/credentials/{kind}/{id}   -> {"kind", "id", "revoked"}  (device id: user/device)
+    DELETE /admin/credentials/{kind}/{id}   -> {"kind", "id", "revoked"}  (device id: user/device,
+                                            key: its keyid; a client: with all its keys)
 
 Errors are ``{"error": code, "message": ...}`` with 400/404/409. Every /admin/ path requires
 ``Authorization: Bearer <TXGATE_ADMIN_TOKEN>`` (``bearer_middleware``); without a configured
@@ -24,6 +29,7 @@ from auth.totp import Totp
 
 # Answers that carry a secret must not be stored by any cache on the way.
 _NO_STORE = {"Cache-Control": "no-store"}
+_MAX_KEY_LIFETIME_S = 10 * 365 * 86400
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
@@ -94,6 +100,29 @@ def routes(store: CredentialStore, totp: Totp | None = None,
         await store.add_public_key_client(client_id, public_key)
         return web.json_response({"id": client_id}, status=201)
 
+    async def add_key(request: web.Request) -> web.Response:
+        client_id = request.match_info["client"]
+        data = await _json_object(request)
+        public_key, key_id = data.get("public_key"), data.get("key_id")
+        expires_in_s = data.get("expires_in_s")
+        if (data.get("hmac") is True) == (public_key is not None):
+            raise CredentialError('give exactly one of "hmac": true or "public_key"')
+        if public_key is not None and not isinstance(public_key, str):
+            raise CredentialError("public_key: expected a PEM string")
+        if "key_id" in data and not isinstance(key_id, str):   # null is not "no key id"
+            raise CredentialError("key_id: expected a string")
+        if "expires_in_s" in data and (type(expires_in_s) is not int
+                                       or not 1 <= expires_in_s <= _MAX_KEY_LIFETIME_S):
+            raise CredentialError(f"expires_in_s: expected an integer from 1 to "
+                                  f"{_MAX_KEY_LIFETIME_S} (10 years)")
+        key_id, secret = await store.add_key(client_id, hmac_secret=public_key is None,
+                                             public_key_pem=public_key, key_id=key_id,
+                                             expires_in_s=expires_in_s)
+        if secret is None:
+            return web.json_response({"client": client_id, "key_id": key_id}, status=201)
+        return web.json_response({"client": client_id, "key_id": key_id, "secret": secret},
+                                 status=201, headers=_NO_STORE)
+
     async def enroll_totp(request: web.Request) -> web.Response:
         user = request.match_info["user"]
         data = await _json_object(request)
@@ -103,10 +132,19 @@ def routes(store: CredentialStore, totp: Totp | None = None,
         replace = data.get("replace", False)
         if not isinstance(replace, bool):
             raise CredentialError("replace: expected true or false")
+        staged = replace and await store.has_totp(user)
         secret = await store.enroll_totp(user, secret, replace=replace)
         return web.json_response(
-            {"user": user, "otpauth_uri": totp.provisioning_uri(secret, user, issuer)},
-            status=201, headers=_NO_STORE)
+            {"user": user, "otpauth_uri": totp.provisioning_uri(secret, user, issuer),
+             "staged": staged}, status=201, headers=_NO_STORE)
+
+    async def confirm_totp(request: web.Request) -> web.Response:
+        user = request.match_info["user"]
+        code = (await _json_object(request)).get("code")
+        if not isinstance(code, str):
+            raise CredentialError("code: expected a string of digits")
+        await store.confirm_totp(user, code, totp)
+        return web.json_response({"user": user, "confirmed": True})
 
     async def add_device(request: web.Request) -> web.Response:
         user = request.match_info["user"]
@@ -121,8 +159,9 @@ def routes(store: CredentialStore, totp: Totp | None = None,
 
     async def list_credentials(request: web.Request) -> web.Response:
         return web.json_response({"credentials": [
-            {"kind": c.kind, "id": c.id, "type": c.type, "user": c.user,
-             "created": c.created, "revoked": c.revoked} for c in await store.list()]})
+            {"kind": c.kind, "id": c.id, "type": c.type, "user": c.user, "client": c.client,
+             "created": c.created, "expires": c.expires, "revoked": c.revoked,
+             "pending": c.pending} for c in await store.list()]})
 
     async def revoke(request: web.Request) -> web.Response:
         kind, record_id = request.match_info["kind"], request.match_info["id"]
@@ -131,7 +170,9 @@ def routes(store: CredentialStore, totp: Totp | None = None,
 
     return [
         web.post("/admin/clients", add_client),
+        web.post("/admin/clients/{client}/keys", add_key),
         web.post("/admin/totp/{user}", enroll_totp),
+        web.post("/admin/totp/{user}/confirm", confirm_totp),
         web.post("/admin/devices/{user}", add_device),
         web.get("/admin/credentials", list_credentials),
         web.delete("/admin/credentials/{kind}/{id:.+}", revoke),

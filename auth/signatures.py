@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from auth import sfv
 from auth.credentials import ClientKey, CredentialStore
 from auth.errors import AuthError, invalid_signature
 
+log = logging.getLogger("txgate.signatures")
 _ALGS = {"hmac-sha256": "hmac", "ed25519": "ed25519"}
 _DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
@@ -63,6 +65,7 @@ class VerifiedSignature:
     client_id: str
     label: str
     claims: tuple[tuple[str, int], ...]
+    key_id: str | None = None          # the RFC 9421 keyid (None for a TLS certificate)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -207,7 +210,7 @@ class SignatureVerifier:
             # RFC 9421 wins whenever it is present. A certificate alone proves the client tier
             # only for an active registered client (revoking the client revokes it); TLS binds
             # the request to the connection, so there is nothing to claim.
-            if await self._store.client_key(tls_client) is None:
+            if not await self._store.client_active(tls_client):
                 raise invalid_signature("unknown_certificate_client")
             return VerifiedSignature(tls_client, "tls", ())
         sig_header = _header(headers, "signature")
@@ -282,6 +285,10 @@ class SignatureVerifier:
         key: ClientKey | None = await self._store.client_key(keyid)
         if key is None:
             raise invalid_signature("unknown_key")
+        if key.expires is not None and self._clock() >= key.expires:
+            # The operator must learn which key to replace; the keyid is not a secret.
+            log.warning("signature refused: key %s of client %s expired", keyid, key.client_id)
+            raise invalid_signature("key_expired")
         if alg is not None and _ALGS[alg] != key.type:
             raise invalid_signature("alg_mismatch")
         if "content-digest" in names:
@@ -307,7 +314,7 @@ class SignatureVerifier:
         if nonce is not None:
             claims.append((f"{tag}:nonce:{hashlib.sha256(nonce.encode()).hexdigest()[:32]}",
                            self._claim_ttl_ms))
-        return VerifiedSignature(keyid, label, tuple(claims))
+        return VerifiedSignature(key.client_id, label, tuple(claims), keyid)
 
 
 _URI_PREFIX = "txgate:client:"

@@ -14,13 +14,13 @@ from prometheus_client import multiprocess
 from auth.admin import setup_admin
 from gateway import __version__
 from gateway.rates import RatesError
-from metrics.identity import BuildInfo, WorkerProcesses
-from state.base import StateError
+from metrics.identity import (KEY_EXPIRY_WARNING_S, BuildInfo, WorkerProcesses,
+                              expiring_keys_registry)
 from rules import RuleLoadError
+from state.base import StateError
 
 
 _OPENAPI = Path(__file__).with_name("admin-openapi.yaml")   # the admin API, described
-
 
 def _json(data: dict, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
@@ -92,8 +92,17 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
             multiprocess.MultiProcessCollector(registry)
         else:
             registry = REGISTRY
-        return web.Response(body=generate_latest(registry) + generate_latest(identity),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = generate_latest(registry) + generate_latest(identity) + await _expiring_keys()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _expiring_keys() -> bytes:
+        # Read from the shared store at scrape time: every worker and gateway reports the same
+        # fleet-wide numbers (alerts take max, not sum), with no per-process state to go stale.
+        try:
+            counts = await services.credentials.expiring_keys(KEY_EXPIRY_WARNING_S)
+        except StateError:
+            return b""        # the store is down: txgate_state_errors_total says so already
+        return generate_latest(expiring_keys_registry(counts))
 
     async def reload_rules(_):
         try:

@@ -56,17 +56,29 @@ def _parser() -> argparse.ArgumentParser:
     kind = add_client.add_mutually_exclusive_group(required=True)
     kind.add_argument("--hmac", action="store_true")
     kind.add_argument("--public-key", metavar="PEM")
+    add_key = asub.add_parser("add-key", help="give a client one more key (key roll)")
+    add_key.add_argument("client")
+    kind = add_key.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--hmac", action="store_true")
+    kind.add_argument("--public-key", metavar="PEM")
+    add_key.add_argument("--key-id", default=None, help="the RFC 9421 keyid (default CLIENT/<id>)")
+    add_key.add_argument("--expires", default=None, metavar="DURATION", help="e.g. 90d, 12h")
     enroll = asub.add_parser("enroll-totp")
     enroll.add_argument("user")
     enroll.add_argument("--force", action="store_true",
-                        help="replace an enrolled secret (the old authenticator stops working)")
+                        help="stage a new secret over an enrolled one (confirm-totp activates it)")
+    confirm = asub.add_parser("confirm-totp", help="activate a staged TOTP secret")
+    confirm.add_argument("user")
+    confirm.add_argument("code")
+    rekey = asub.add_parser("rekey", help="re-seal every secret under the current master key")
+    rekey.add_argument("-v", "--verbose", action="store_true", help="print each record moved")
     add_device = asub.add_parser("add-device")
     add_device.add_argument("user")
     add_device.add_argument("--public-key", metavar="PEM", required=True)
     add_device.add_argument("--name", default=None)
     asub.add_parser("list")
     revoke = asub.add_parser("revoke")
-    revoke.add_argument("kind", choices=("client", "totp", "device"))
+    revoke.add_argument("kind", choices=("client", "key", "totp", "device"))
     revoke.add_argument("id")
     for p in asub.choices.values():
         p.add_argument("--config", default=None)
@@ -152,13 +164,17 @@ def _auth(args) -> int:
     from auth.errors import CredentialError, MasterKeyError
     from auth.keys import load_master_key
     from state import StateError, create_backend
+    from auth.audit import audit_trail, cli_actor
     from auth.credentials import CredentialStore
+    from auth.totp import Totp
+    from gateway.decision_log import DecisionLog, open_sinks
 
     config = _load_config(args)
     try:
         key = load_master_key(config.auth.master_key_file)
     except MasterKeyError as exc:
         raise UsageError(str(exc)) from None
+    totp = Totp(config.auth.totp.digits, config.auth.totp.period, config.auth.totp.valid_window)
     if config.state.backend == "memory":
         raise UsageError("credentials need a shared store: set state.backend: redis in the config "
                          "(the memory backend lives inside one gateway process: the README's "
@@ -167,15 +183,29 @@ def _auth(args) -> int:
     async def go() -> int:
         state = create_backend(config.state.backend, config.state.url, config.state.cluster,
                                config.state.timeout_ms)
+        # Every change is a line in the decision log's sinks (auth.audit).
+        audit_log = DecisionLog(open_sinks(config))
+        audit_log.start()
         await state.start()
         try:
-            store = CredentialStore(state, key)
+            store = CredentialStore(state, key, audit=audit_trail(audit_log.write, cli_actor()))
+            # A wrong key would seal new secrets that no gateway can open: refuse first.
+            await store.check_master_key()
             if args.action == "add-client":
                 pem = _read(args.public_key) if args.public_key else None
                 return await commands.add_client(store, args.id, args.hmac, pem, sys.stdout)
+            if args.action == "add-key":
+                pem = _read(args.public_key) if args.public_key else None
+                return await commands.add_key(store, args.client, args.hmac, pem, args.key_id,
+                                              args.expires, sys.stdout)
             if args.action == "enroll-totp":
                 return await commands.enroll_totp(store, args.user, out=sys.stdout,
-                                                  replace=args.force)
+                                                  totp=totp, replace=args.force)
+            if args.action == "confirm-totp":
+                return await commands.confirm_totp(store, args.user, args.code, sys.stdout,
+                                                   totp)
+            if args.action == "rekey":
+                return await commands.rekey(store, sys.stdout, args.verbose)
             if args.action == "add-device":
                 return await commands.add_device(store, args.user, _read(args.public_key),
                                                  args.name, sys.stdout)
@@ -184,6 +214,7 @@ def _auth(args) -> int:
             return await commands.revoke(store, args.kind, args.id, sys.stdout)
         finally:
             await state.close()
+            await audit_log.close()
 
     try:
         return asyncio.run(go())

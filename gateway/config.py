@@ -103,7 +103,7 @@ class TlsConfig(_Strict):
     cert_file: str
     key_file: str
     # When set, clients may present a certificate signed by this CA; its subject CN names a
-    # registered client and proves the client tier (auth.signatures.TlsClientVerifier).
+    # registered client and proves the client tier (auth.signatures.SignatureVerifier).
     client_ca_file: str | None = None
 
     @field_validator("cert_file", "key_file", "client_ca_file")

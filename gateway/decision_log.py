@@ -62,6 +62,21 @@ class RedisStreamSink:
         await self._client.aclose()
 
 
+def open_sinks(config) -> list:
+    """The sinks ``config`` (a gateway.config.Config) names: a file, a Redis stream, or both."""
+    cfg = config.decision_log
+    sinks = []
+    if cfg.path:
+        sinks.append(FileSink(cfg.path))
+    if cfg.redis_stream:
+        from redis.asyncio import Redis, RedisCluster
+        url = config.state.url or "redis://127.0.0.1:6379"
+        # A stream is one key: on a cluster the client must route it to its slot's node.
+        client = (RedisCluster if config.state.cluster else Redis).from_url(url)
+        sinks.append(RedisStreamSink(client, cfg.redis_stream, cfg.redis_maxlen))
+    return sinks
+
+
 class DecisionLog:
     def __init__(self, sinks: list, queue_size: int = 10_000):
         self._sinks = sinks

@@ -17,6 +17,7 @@ class Exchange:
     route: Any = None                    # gateway.routing.Route
     body: bytes = b""
     client_id: str | None = None
+    key_id: str | None = None            # the RFC 9421 keyid the client signed with
     tier: str | None = None              # the tier proven so far
     stepped_up: bool = False
     transaction: dict = field(default_factory=dict)

@@ -102,6 +102,7 @@ class Pipeline:
             STATE_ERRORS.labels(exc.operation).inc()
             raise StateUnavailable() from None
         ex.client_id = checked.client_id
+        ex.key_id = checked.key_id
         ex.claims = checked.claims
         ex.tier = "client"
         if ex.route.config.transaction is None:

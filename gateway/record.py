@@ -65,6 +65,7 @@ class Recorder:
             "request_id": ex.request_id,
             "route": ex.route.name,
             "client_id": ex.client_id,
+            "keyid": ex.key_id,
             "user_id": ex.transaction.get("user_id"),
             "tier": ex.tier,
             "decision": decided,

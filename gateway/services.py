@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from auth.audit import ADMIN_ACTOR, audit_trail
 from auth.credentials import CredentialStore
 from auth.signatures import SignatureVerifier
 from auth.stepup import StepUp
 from gateway.config import Config
-from gateway.decision_log import DecisionLog, FileSink, RedisStreamSink
+from gateway.decision_log import DecisionLog, open_sinks
 from gateway.forward import Forwarder
 from gateway.record import Recorder
 from gateway.replay import ReplayGuard
@@ -42,7 +43,9 @@ class Services:
         replay = ReplayGuard(self.state, self.local_state)
         self.shared_side = SharedSide(self.state, replay)
         self.fallback = {policy: LocalSide(policy, replay) for policy in ("fail_open", "local")}
-        self.credentials = CredentialStore(self.state, master_key)
+        # Credential changes made here come through the admin API: its token is the actor.
+        self.credentials = CredentialStore(self.state, master_key, audit=audit_trail(
+            lambda record: self.decision_log.write(record), ADMIN_ACTOR))
         self.verifier = SignatureVerifier(self.credentials, config.auth.signature.max_skew_s)
         # With a client CA, a verified TLS certificate may prove the client tier (auth.signatures).
         self.tls_clients = bool(config.tls and config.tls.client_ca_file)
@@ -60,22 +63,9 @@ class Services:
         self._velocity: dict[str, VelocityPair] = {}
         self.rulebook.listeners.append(self._rebuild_velocity)
         self.forwarder = Forwarder(config.limits.upstream_timeout_s, config.routes)
-        self.decision_log = DecisionLog(self._sinks(), config.decision_log.queue_size)
+        self.decision_log = DecisionLog(open_sinks(config), config.decision_log.queue_size)
         self.recorder = Recorder(self.decision_log)
         precreate({route.name: route.on_state_error for route in config.routes})
-
-    def _sinks(self) -> list:
-        cfg = self.config.decision_log
-        sinks = []
-        if cfg.path:
-            sinks.append(FileSink(cfg.path))
-        if cfg.redis_stream:
-            from redis.asyncio import Redis, RedisCluster
-            url = self.config.state.url or "redis://127.0.0.1:6379"
-            # A stream is one key: on a cluster the client must route it to its slot's node.
-            client = (RedisCluster if self.config.state.cluster else Redis).from_url(url)
-            sinks.append(RedisStreamSink(client, cfg.redis_stream, cfg.redis_maxlen))
-        return sinks
 
     def _rebuild_velocity(self, rules) -> None:
         # Counters change with the rules; both views are built at load time, never per request.

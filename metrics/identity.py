@@ -1,4 +1,5 @@
-"""Scrape-time metrics that no counter file can hold: what is running, and where.
+"""Scrape-time metrics that no counter file can hold: what is running, where, and what the
+shared store says about keys.
 
 ``txgate_build_info`` names the version, the Python and the rule set of the process that
 answers the scrape. Under ``--workers`` prometheus-client's multiprocess mode drops the
@@ -14,7 +15,7 @@ import os
 import platform
 from collections.abc import Callable, Iterator
 
-from prometheus_client import PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -69,3 +70,29 @@ class WorkerProcesses(Collector):
                                       sample.value)
         yield from families.values()
         yield from PlatformCollector(registry=None).collect()
+
+
+KEY_EXPIRY_WARNING_S = 14 * 86400      # txgate_client_keys_expiring looks this far ahead
+
+
+class _Collected(Collector):
+    """A collector answering metric families computed beforehand."""
+
+    def __init__(self, families: list[Metric]):
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def expiring_keys_registry(counts: dict[str, int]) -> CollectorRegistry:
+    """``txgate_client_keys_expiring{client}`` from counts read from the store at scrape time
+    (a one-off registry: a Gauge would write worker files under PROMETHEUS_MULTIPROC_DIR)."""
+    family = GaugeMetricFamily("txgate_client_keys_expiring", "Active keys of each client "
+                               "expiring within 14 days (or expired, not yet revoked)",
+                               labels=["client"])
+    for client, count in sorted(counts.items()):
+        family.add_metric([client], count)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collected([family]))
+    return registry

@@ -45,6 +45,9 @@ def replay_lines(lines, rs: RuleSet) -> ReplayReport:
         if not isinstance(record, dict):
             report.skipped.append(f"{n}: not a JSON object")
             continue
+        if record.get("type") == "audit":   # a credential change, not a decision
+            report.records -= 1
+            continue
         before = logged_action(record)
         route, features = record.get("route"), record.get("features")
         if before is None or not isinstance(route, str) or not isinstance(features, dict):

@@ -75,6 +75,11 @@ class StateBackend(ABC):
         """Set one field of a record collection (credentials)."""
 
     @abstractmethod
+    async def hreplace(self, key: str, field: str, expected: bytes, value: bytes) -> bool:
+        """Set one field only if it still holds ``expected`` (compare-and-set); True when set.
+        Lets a bulk rewrite (``txgate auth rekey``) never undo a concurrent change."""
+
+    @abstractmethod
     async def hget(self, key: str, field: str) -> bytes | None:
         """One field of a record collection, or None."""
 

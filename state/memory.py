@@ -122,6 +122,13 @@ class MemoryBackend(StateBackend):
             self._store(key, record, None)
         record[field] = bytes(value)
 
+    async def hreplace(self, key: str, field: str, expected: bytes, value: bytes) -> bool:
+        record = self._live(key)
+        if not isinstance(record, dict) or record.get(field) != expected:
+            return False
+        record[field] = bytes(value)
+        return True
+
     async def hget(self, key: str, field: str) -> bytes | None:
         record = self._live(key)
         return record.get(field) if isinstance(record, dict) else None

@@ -17,7 +17,7 @@ from state.base import StateBackend, StateError
 from state.health import Health
 from state.ops import Batch, Trip
 from state.redis_direct import DirectLane
-from state.scripts import ADVANCE, INCR, Script
+from state.scripts import ADVANCE, HREPLACE, INCR, Script
 
 T = TypeVar("T")
 
@@ -170,6 +170,10 @@ class RedisBackend(StateBackend):
     async def hset(self, key: str, field: str, value: bytes) -> None:
         await self._command("hset", ("HSET", key, field, value),
                             lambda: self._client.hset(key, field, value))
+
+    async def hreplace(self, key: str, field: str, expected: bytes, value: bytes) -> bool:
+        return bool(await self._script("hreplace", HREPLACE, [key],
+                                       [field, expected, value]))
 
     async def hget(self, key: str, field: str) -> bytes | None:
         return await self._command("hget", ("HGET", key, field),

@@ -160,7 +160,7 @@ def _log_entry(path: Path, request_id: str) -> dict | None:
         return None
     for line in reversed(path.read_text().splitlines()):
         entry = json.loads(line)
-        if entry["request_id"] == request_id:
+        if entry.get("request_id") == request_id:   # audit lines have none
             return entry
     return None
 

@@ -84,8 +84,8 @@ def test_credential_lifecycle(store):
         ids = {(c["kind"], c["id"]) for c in
                (await (await client.get("/admin/credentials", headers=AUTH)).json())
                ["credentials"]}
-        assert ids == {("client", "shop"), ("client", "shop-ed"), ("totp", "alice"),
-                       ("device", "alice/phone")}
+        assert ids == {("client", "shop"), ("client", "shop-ed"), ("key", "shop"),
+                       ("key", "shop-ed"), ("totp", "alice"), ("device", "alice/phone")}
 
         response = await client.delete("/admin/credentials/device/alice/phone", headers=AUTH)
         assert response.status == 200
@@ -115,4 +115,60 @@ def test_errors_are_json_with_codes(store):
         response = await client.post("/admin/clients", json={"id": "dup", "hmac": True},
                                      headers=AUTH)
         assert response.status == 409 and (await response.json())["error"] == "already_exists"
+    with_client(store, scenario)
+
+
+def test_key_roll_and_staged_totp_through_the_admin_api(store, clock):
+    from auth.totp import Totp
+
+    async def scenario(client):
+        await client.post("/admin/clients", json={"id": "shop", "hmac": True}, headers=AUTH)
+        added = await client.post("/admin/clients/shop/keys", headers=AUTH,
+                                  json={"hmac": True, "key_id": "shop-2", "expires_in_s": 86400})
+        body = await added.json()
+        remember(body["secret"])
+        assert added.status == 201 and added.headers["Cache-Control"] == "no-store"
+        assert (body["client"], body["key_id"]) == ("shop", "shop-2")
+        ed = await client.post("/admin/clients/shop/keys", json={"public_key": _pem()},
+                               headers=AUTH)
+        assert ed.status == 201 and "secret" not in await ed.json()
+        for bad, status in (({"hmac": True, "expires_in_s": 0}, 400),
+                            ({"hmac": True, "expires_in_s": 10 ** 30}, 400),
+                            ({"hmac": True, "key_id": None}, 400),
+                            ({"hmac": True, "key_id": "shop-2"}, 409),
+                            ({}, 400)):
+            r = await client.post("/admin/clients/shop/keys", json=bad, headers=AUTH)
+            assert r.status == status, (bad, await r.text())
+        r = await client.post("/admin/clients/nobody/keys", json={"hmac": True}, headers=AUTH)
+        assert r.status == 404
+
+        listing = (await (await client.get("/admin/credentials", headers=AUTH)).json())
+        keys = {c["id"]: c for c in listing["credentials"] if c["kind"] == "key"}
+        assert keys["shop-2"]["client"] == "shop" and keys["shop-2"]["expires"] == \
+            clock.now + 86400
+        revoked = await client.delete("/admin/credentials/key/shop-2", headers=AUTH)
+        assert (await revoked.json()) == {"kind": "key", "id": "shop-2", "revoked": True}
+        again = await client.delete("/admin/credentials/key/shop-2", headers=AUTH)
+        assert again.status == 409
+
+        totp = Totp()
+        first = await client.post("/admin/totp/alice", json={}, headers=AUTH)
+        assert (await first.json())["staged"] is False
+        refused = await client.post("/admin/totp/alice", json={}, headers=AUTH)
+        assert refused.status == 409
+        staged = await client.post("/admin/totp/alice", json={"replace": True}, headers=AUTH)
+        body = await staged.json()
+        assert staged.status == 201 and body["staged"] is True
+        secret = body["otpauth_uri"].split("secret=")[1].split("&")[0]
+        remember(secret)
+        wrong = await client.post("/admin/totp/alice/confirm", json={"code": "000000x"},
+                                  headers=AUTH)
+        assert wrong.status == 400 and (await wrong.json())["error"] == "invalid_code"
+        code = totp.code(secret, totp.step(clock.now))
+        remember(code)
+        ok = await client.post("/admin/totp/alice/confirm", json={"code": code}, headers=AUTH)
+        assert (ok.status, await ok.json()) == (200, {"user": "alice", "confirmed": True})
+        assert await store.totp_secret("alice") == secret
+        none = await client.post("/admin/totp/bob/confirm", json={"code": code}, headers=AUTH)
+        assert none.status == 404
     with_client(store, scenario)

@@ -59,3 +59,28 @@ def test_add_device_list_and_revoke(store):
     assert run(commands.revoke(store, "device", f"alice/{device_id}", io.StringIO())) == 0
     with pytest.raises(CredentialError, match="already revoked"):
         run(commands.revoke(store, "device", f"alice/{device_id}", io.StringIO()))
+
+
+@pytest.mark.parametrize("text, seconds", [("90d", 90 * 86400), ("12h", 43200), ("30m", 1800),
+                                           ("45s", 45)])
+def test_expiry_durations(text, seconds):
+    assert commands.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0d", "90", "d", "1.5d", "-3d", "90 days", "9999999d"])
+def test_bad_expiry_durations_are_one_clear_error(text):
+    with pytest.raises(CredentialError, match="expected a number and a unit"):
+        commands.parse_duration(text)
+
+
+def test_add_key_prints_the_keyid_and_the_secret_alone_on_the_last_line(store):
+    run(commands.add_client(store, "shop", True, None, io.StringIO()))
+    out = io.StringIO()
+    assert run(commands.add_key(store, "shop", True, None, "shop-2026", "90d", out)) == 0
+    first, secret = out.getvalue().rstrip("\n").splitlines()
+    remember(secret)
+    assert 'keyid "shop-2026"' in first and secret not in first
+    assert run(store.client_key("shop-2026"))._key == secret.encode()
+    out = io.StringIO()
+    run(commands.add_key(store, "shop", False, _pem(), None, None, out))
+    assert out.getvalue().count("\n") == 1 and 'keyid "shop/' in out.getvalue()

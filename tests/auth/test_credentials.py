@@ -52,7 +52,7 @@ def test_given_secrets_are_kept(store):
         "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
 
 
-def test_enroll_totp_replaces_an_active_secret_only_when_asked(store):
+def test_enroll_totp_stages_over_an_active_secret_only_when_asked(store):
     first = run(store.enroll_totp("carol"))
     remember(first)
     with pytest.raises(CredentialError, match="already enrolled") as info:
@@ -61,7 +61,9 @@ def test_enroll_totp_replaces_an_active_secret_only_when_asked(store):
     assert run(store.totp_secret("carol")) == first          # untouched
     second = run(store.enroll_totp("carol", replace=True))
     remember(second)
-    assert run(store.totp_secret("carol")) == second != first
+    # Staged, not replaced: the old secret works until a code of the new one confirms it
+    # (tests/auth/test_rotation.py drives the confirmation).
+    assert second != first and run(store.totp_secret("carol")) == first
     run(store.revoke("totp", "carol"))                        # a revoked one needs no force
     remember(run(store.enroll_totp("carol")))
 
@@ -120,7 +122,10 @@ def test_list_and_revoke(store):
     run(store.enroll_totp("alice"))
     run(store.add_device("alice", _pem(ed25519.Ed25519PrivateKey.generate()), "phone"))
     listed = {(c.kind, c.id): c for c in run(store.list())}
-    assert set(listed) == {("client", "c1"), ("totp", "alice"), ("device", "alice/phone")}
+    # A client is listed with its first key (keyid: the client id).
+    assert set(listed) == {("client", "c1"), ("key", "c1"), ("totp", "alice"),
+                           ("device", "alice/phone")}
+    assert listed[("key", "c1")].client == "c1"
     assert all(c.active for c in listed.values())
     assert listed[("device", "alice/phone")].user == "alice"
 
@@ -160,4 +165,6 @@ def test_reprs_hold_no_secret(store):
     key = run(store.client_key("c1"))
     assert secret not in repr(key) and secret not in repr(store)
     record = json.loads(store._state._values["{txgate:cred}:clients"]["c1"])
-    assert set(record) == {"type", "created", "revoked", "secret"}
+    # key_id names the master key that sealed the secret (derived from it, never the key).
+    assert set(record) == {"type", "created", "revoked", "secret", "key_id"}
+    assert record["key_id"] == store.master_key_id

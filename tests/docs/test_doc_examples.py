@@ -110,8 +110,7 @@ class DocGateway:
                           separators=(",", ":"))
 
     def entries(self) -> list[dict]:
-        log = self.gw.decision_log
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        return self.gw.decisions() if self.gw.decision_log.exists() else []
 
     def wait_for_entry(self, count: int) -> dict:
         wait_until(lambda: len(self.entries()) >= count, timeout=10, what="the decision log")

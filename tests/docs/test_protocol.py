@@ -16,7 +16,7 @@ from pathlib import Path
 from prometheus_client.metrics import MetricWrapperBase
 
 import metrics.definitions as definitions
-from metrics.identity import BuildInfo
+from metrics.identity import BuildInfo, expiring_keys_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "protocol.md").read_text()
@@ -50,7 +50,9 @@ def _code_metrics() -> dict[str, tuple[str, set[str]]]:
         if isinstance(value, MetricWrapperBase):
             name = value._name + ("_total" if value._type == "counter" else "")
             found[name] = (value._type, set(value._labelnames))
-    for family in BuildInfo("0", lambda: None).collect():
+    scraped = [*BuildInfo("0", lambda: None).collect(),
+               *expiring_keys_registry({"shop": 1}).collect()]
+    for family in scraped:
         found[family.name] = (family.type, {k for s in family.samples for k in s.labels})
     return found
 

@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import redis
 import yaml
@@ -205,6 +206,10 @@ def test_replay_a_real_decision_log_under_a_candidate_pack(tmp_path):
     result = txgate("rules", "replay", "--log", log, "--rules", str(candidate), env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
     assert "2 decisions change" in result.stdout
+    # The demo's enrolments are audit lines in the same log: not decisions, not "skipped".
+    audit = [n for n, line in enumerate(Path(log).read_text().splitlines(), 1)
+             if '"type":"audit"' in line]
+    assert audit and not any(f"skipped line {n}:" in result.stdout for n in audit)
     assert any(line.split() == ["require_otp", "deny", "2"] for line in result.stdout.splitlines())
     assert any(line.split()[:4] == ["VEL-001", "2", "4", "+2"] for line in result.stdout.splitlines())
 

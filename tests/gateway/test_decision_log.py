@@ -191,7 +191,8 @@ def test_gateway_reports_a_failing_stream_sink_in_readyz_and_metrics(start_gatew
         raise AssertionError("txgate_decision_log_errors_total{sink=redis_stream} is not pre-created")
 
     pay()
-    wait_until(lambda: redis_server.cli("XLEN", "txgate:decisions") == 1, what="the first record")
+    # the client's registration (an audit line) and the first decision
+    wait_until(lambda: redis_server.cli("XLEN", "txgate:decisions") == 2, what="the first record")
     assert counted() == 0
     redis_server.stop()
     for _ in range(3):
@@ -201,7 +202,7 @@ def test_gateway_reports_a_failing_stream_sink_in_readyz_and_metrics(start_gatew
     assert ready.status_code == 200   # the gateway still decides; the detail says what is wrong
     assert set(ready.json()["decision_log"]) == {"redis_stream"}
     # The file sink kept every record meanwhile.
-    wait_until(lambda: len(gw.decision_log.read_text().splitlines()) == 4, what="file records")
+    wait_until(lambda: len(gw.decision_log.read_text().splitlines()) == 5, what="file records")
     redis_server.start()
     pay()
     wait_until(lambda: requests.get(f"{gw.admin}/readyz", timeout=5).json()["decision_log"] == {},
@@ -233,6 +234,7 @@ def test_gateway_on_a_cluster_writes_the_stream_to_its_slot(start_gateway, upstr
     client = SignedClient("app", gw.admin_post("/admin/clients", {"id": "app", "hmac": True}).json()["secret"])
     for i in range(5):
         assert client.request("POST", f"{gw.url}/pay", json={"user_id": f"u{i}"}).status_code == 200
-    wait_until(lambda: cluster.xlen(stream) == 5, what="five records in the cluster")
+    # five decisions and the client's registration (an audit line)
+    wait_until(lambda: cluster.xlen(stream) == 6, what="six records in the cluster")
     assert "txgate_decision_log_errors_total{sink=\"redis_stream\"} 0.0" in gw.metrics()
     cluster.close()

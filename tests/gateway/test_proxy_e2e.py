@@ -225,7 +225,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_flushes_the_log(start_gatewa
         t.join(30)
     assert results == [200] * 5
     assert gw.proc.wait(30) == 0
-    logged = [json.loads(line) for line in gw.decision_log.read_text().splitlines()]
+    logged = gw.decisions()
     assert sorted(e["user_id"] for e in logged) == [f"u{i}" for i in range(5)]
 
 

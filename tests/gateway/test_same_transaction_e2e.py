@@ -192,8 +192,7 @@ def test_look_alike_user_ids_share_one_risk_view(gateway, sent):
     request_id = r.headers["Txgate-Request-Id"]
 
     def logged():
-        for line in gateway.decision_log.read_text().splitlines():
-            entry = json.loads(line)
+        for entry in gateway.decisions():
             if entry["request_id"] == request_id:
                 return entry
         return None

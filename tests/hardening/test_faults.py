@@ -46,8 +46,7 @@ def _features(gw, request_id: str) -> dict:
     found = {}
 
     def logged():
-        for line in gw.decision_log.read_text().splitlines():
-            entry = json.loads(line)
+        for entry in gw.decisions():
             if entry["request_id"] == request_id:
                 found.update(entry["features"])
                 return True

@@ -63,6 +63,10 @@ def test_refused_admin_calls_change_nothing(admin_gateway):
         ("post", "/admin/totp/u1", {"secret": "TOOSHORT"}, AUTH),
         ("post", "/admin/devices/u1", {"public_key": "-----BEGIN PRIVATE KEY-----"}, AUTH),
         ("delete", "/admin/credentials/client/nobody", None, AUTH),
+        ("post", "/admin/clients/nobody/keys", {"hmac": True}, AUTH),        # no such client
+        ("post", "/admin/clients/x/keys", {"hmac": True, "expires_in_s": -1}, AUTH),
+        ("post", "/admin/totp/u1/confirm", {"code": "123456"}, AUTH),       # nothing staged
+        ("delete", "/admin/credentials/key/nobody/k1", None, AUTH),
     ]
     for method, path, body, headers in refused:
         r = requests.request(method, admin_gateway.admin + path, json=body, headers=headers,

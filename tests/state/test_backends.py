@@ -97,6 +97,20 @@ def test_hset_hget_hgetall(state_backends):
     state_backends.run(scenario)
 
 
+def test_hreplace_sets_only_an_unchanged_field(state_backends):
+    async def scenario(b):
+        assert not await b.hreplace("{creds}:clients", "c1", b"one", b"uno")   # no record
+        await b.hset("{creds}:clients", "c1", b"one")
+        assert not await b.hreplace("{creds}:clients", "c1", b"other", b"uno")
+        assert await b.hget("{creds}:clients", "c1") == b"one"
+        assert await b.hreplace("{creds}:clients", "c1", b"one", b"uno")
+        assert await b.hget("{creds}:clients", "c1") == b"uno"
+        assert not await b.hreplace("{creds}:clients", "c2", b"one", b"dos")
+        assert await b.hget("{creds}:clients", "c2") is None
+        await b.delete("{creds}:clients")
+    state_backends.run(scenario)
+
+
 @pytest.mark.parametrize("store", ["redis_server", "redis_cluster"])
 def test_scripts_survive_a_flushed_script_cache(store, request):
     # Only Redis has a script cache to lose; the memory backend has no scripts.
