@@ -41,7 +41,8 @@ from urllib.parse import urlsplit
 import http_sfv
 
 from auth import sfv
-from auth.credentials import ClientKey, CredentialStore
+from auth.credentials import CredentialStore
+from auth.signing_keys import ClientKey
 from auth.errors import AuthError, invalid_signature
 
 log = logging.getLogger("txgate.signatures")
