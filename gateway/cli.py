@@ -48,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--log", required=True)
     replay.add_argument("--rules", default=None)
     replay.add_argument("--config", default=None)
+    replay.add_argument("--labels", default=None, metavar="FILE",
+                        help="CSV or JSONL: request_id, label (fraud|genuine), reported_at, amount")
+    replay.add_argument("--skip-bad-labels", action="store_true",
+                        help="leave bad label rows out (reported) instead of failing")
+    replay.add_argument("--mature-after", type=float, default=None, metavar="DAYS",
+                        help="unlabelled transactions older than DAYS count as genuine")
+    replay.add_argument("--as-of", default=None, metavar="ISO8601",
+                        help="when labels are read (default: the log's last record)")
+    replay.add_argument("--changes", action="store_true", help="list every changed transaction")
+    replay.add_argument("--json", action="store_true", help="one JSON document (docs/rules.md)")
 
     auth = sub.add_parser("auth", help="manage credentials")
     asub = auth.add_subparsers(dest="action", required=True)
@@ -122,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `| head` closed the pipe: stop quietly (and keep Python's exit flush from failing).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _rules(args) -> int:
@@ -135,7 +149,12 @@ def _rules(args) -> int:
         return commands.check(_rules_dir(args, args.dir), attribute_types=types)
     if args.action == "test":
         return commands.run_tests(_rules_dir(args, args.dir), attribute_types=types)
-    return commands.replay(args.log, _rules_dir(args, args.rules))
+    # The challenge lifetime tells an abandoned step-up from one still answerable.
+    ttl = _load_config(args).auth.challenge_ttl_s if _config_path(args) else 300
+    return commands.replay(args.log, _rules_dir(args, args.rules), labels_path=args.labels,
+                           skip_bad_labels=args.skip_bad_labels, mature_after_days=args.mature_after,
+                           as_of=args.as_of, challenge_ttl_s=ttl, changes=args.changes,
+                           json_out=args.json)
 
 
 def _auth(args) -> int:

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 from rules.loader import RuleLoadError, load_rules, case_files
-from rules.replay import format_report, replay_lines
+from rules.labels import parse_time, read_labels
+from rules.outcomes import outcomes
+from rules.replay import replay_lines
+from rules.replay_output import as_json, print_text
 from rules.ruletests import read_cases, run_case
 
 
@@ -62,18 +65,44 @@ def run_tests(path, out=None, err=None, attribute_types: dict[str, str] | None =
     return 1 if failed or not passed else 0
 
 
-def replay(log_path, rules_path, out=None, err=None, attribute_types: dict[str, str] | None = None) -> int:
-    """Re-decide a decision log's records under the candidate rules and print what changes."""
+def replay(log_path, rules_path, out=None, err=None, attribute_types: dict[str, str] | None = None,
+           *, labels_path=None, skip_bad_labels: bool = False, mature_after_days: float | None = None,
+           as_of: str | None = None, challenge_ttl_s: float = 300, changes: bool = False,
+           json_out: bool = False) -> int:
+    """Re-decide a decision log's transactions under the candidate rules and print what
+    changes; with a labels file, what each rule and set stopped and at what cost."""
     out, err = out or sys.stdout, err or sys.stderr
+    labels = None
+    if labels_path is not None:
+        try:
+            labels, bad = read_labels(labels_path)
+        except OSError as e:
+            print(f"{labels_path}: {e.strerror or e}", file=err)
+            return 1
+        for line in bad:
+            print(line, file=err)
+        if bad and not skip_bad_labels:
+            print(f"{len(bad)} bad label rows: fix them or pass --skip-bad-labels", file=err)
+            return 1
+    try:
+        as_of_ts = parse_time(as_of, "--as-of")
+    except ValueError as e:
+        print(str(e), file=err)
+        return 1
     rs = _load(rules_path, err, attribute_types)
     if rs is None:
         return 1
     with rs:
         try:
-            with open(log_path, encoding="utf-8") as fh:
+            with open(log_path, "rb") as fh:
                 report = replay_lines(fh, rs)
         except OSError as e:
             print(f"{log_path}: {e.strerror or e}", file=err)
             return 1
-        format_report(report, rs, out)
+        found = outcomes(report, labels, challenge_ttl_s=challenge_ttl_s, as_of=as_of_ts,
+                         mature_after_s=None if mature_after_days is None else mature_after_days * 86400)
+        if json_out:
+            out.write(as_json(report, found, rs.version, changes).decode())
+        else:
+            print_text(report, found, rs.version, changes, out)
     return 0

@@ -1,24 +1,77 @@
-"""Re-decide logged transactions under candidate rules: what would change before it ships."""
+"""Re-decide logged transactions under candidate rules: what would change before it ships.
+
+One transaction is one unit: the decision log gives a step-up challenge, the repeats that answer
+it and a lockout on the way the same ``event_id``, so they are read as one transaction, decided
+as its first record was (the repeat is re-decided at a higher tier, which is not a new decision
+about the payment). The later records tell how the step-up ended (``step_up_outcome``).
+"""
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
+
+import orjson
 
 from rules.ruleset import RuleSet
 
 _STEP_UP = ("require_otp", "require_device")
+STOPPED = frozenset({"deny", "step_up", *_STEP_UP})
+STEP_UP_OUTCOMES = ("passed", "failed", "abandoned", "pending")
+# Answers that end a step-up without the transaction going through.
+_FAILED = frozenset({"user_locked", "too_many_attempts", "enrollment_required"})
+
+
+@dataclass(slots=True)
+class Transaction:
+    line: int
+    ts: float | None
+    request_ids: list[str]
+    user_id: object
+    amount: float | None
+    route: str
+    before: str                      # the logged action
+    before_hits: tuple[str, ...]
+    before_score: float | None
+    after: str                       # the candidate's action
+    after_hits: tuple[str, ...]
+    after_score: float
+    stepped_up: bool                 # the logged decision asked for a step-up
+    last_ts: float | None = None     # the last record of the transaction
+    answered: bool = False           # a later record answered the challenge
+    ended: str | None = None         # "passed" | "failed" once a record says so
+
+    @property
+    def changed(self) -> bool:
+        return not (self.after == self.before
+                    or (self.before == "step_up" and self.after in _STEP_UP))
+
+    def step_up_outcome(self, log_end: float | None, challenge_ttl_s: float) -> str | None:
+        """passed, failed (wrong answers, a lockout, nothing to answer with), abandoned (the
+        challenge expired unanswered), pending (still answerable when the log ends)."""
+        if not self.stepped_up:
+            return None
+        if self.ended:
+            return self.ended
+        expired = (log_end is not None and self.last_ts is not None
+                   and log_end - self.last_ts >= challenge_ttl_s)
+        if not expired:
+            return "pending"
+        return "failed" if self.answered else "abandoned"
 
 
 @dataclass
 class ReplayReport:
     records: int = 0
     skipped: list[str] = field(default_factory=list)     # "LINE: why"
-    changed: Counter = field(default_factory=Counter)   # (before, after) -> n
-    compared: int = 0
-    hits_before: Counter = field(default_factory=Counter)
-    hits_after: Counter = field(default_factory=Counter)
+    transactions: list[Transaction] = field(default_factory=list)
+    by_request: dict = field(default_factory=dict)        # request id -> Transaction
     versions: Counter = field(default_factory=Counter)
+    first_ts: float | None = None
+    last_ts: float | None = None
+
+    @property
+    def compared(self) -> int:
+        return len(self.transactions)
 
 
 def logged_action(record: dict) -> str | None:
@@ -31,19 +84,30 @@ def logged_action(record: dict) -> str | None:
 
 
 def replay_lines(lines, rs: RuleSet) -> ReplayReport:
-    """Decide each JSONL record's features under `rs` and tally what changes."""
+    """Decide each transaction's first JSONL record under `rs`; link its later records."""
     report = ReplayReport()
+    open_events: dict[str, Transaction] = {}
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         report.records += 1
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            report.skipped.append(f"{n}: not JSON ({e.msg})")
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            report.skipped.append(f"{n}: not JSON ({str(e).split(':')[0]})")
             continue
         if not isinstance(record, dict):
             report.skipped.append(f"{n}: not a JSON object")
+            continue
+        ts = record.get("ts")
+        ts = float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None
+        if ts is not None:
+            report.first_ts = ts if report.first_ts is None else min(report.first_ts, ts)
+            report.last_ts = ts if report.last_ts is None else max(report.last_ts, ts)
+        event = record.get("event_id")
+        tx = open_events.get(event) if isinstance(event, str) else None
+        if tx is not None:
+            _follow(tx, record, ts, report)
             continue
         before = logged_action(record)
         route, features = record.get("route"), record.get("features")
@@ -55,37 +119,44 @@ def replay_lines(lines, rs: RuleSet) -> ReplayReport:
         except ValueError as e:
             report.skipped.append(f"{n}: {e}")
             continue
-        report.compared += 1
+        transaction = record.get("transaction")
+        amount = transaction.get("amount") if isinstance(transaction, dict) else None
+        request_id = record.get("request_id")
+        score = record.get("score")
+        tx = Transaction(
+            line=n, ts=ts, request_ids=[request_id] if isinstance(request_id, str) else [],
+            user_id=record.get("user_id"),
+            amount=float(amount) if isinstance(amount, (int, float)) and not isinstance(amount, bool) else None,
+            route=route, before=before,
+            before_hits=tuple(h["id"] for h in record.get("rules") or ()
+                              if isinstance(h, dict) and isinstance(h.get("id"), str)),
+            before_score=score if isinstance(score, (int, float)) else None,
+            after=after.action, after_hits=tuple(h.rule for h in after.hits), after_score=after.score,
+            stepped_up=record.get("decision") == "step_up", last_ts=ts)
+        if tx.stepped_up and record.get("error") in _FAILED:
+            tx.ended = "failed"   # locked, or nothing enrolled: no challenge to answer
+        report.transactions.append(tx)
         report.versions[str(record.get("rules_version", "?"))] += 1
-        for hit in record.get("rules") or []:
-            if isinstance(hit, dict) and isinstance(hit.get("id"), str):
-                report.hits_before[hit["id"]] += 1
-        for hit in after.hits:
-            report.hits_after[hit.rule] += 1
-        same = after.action == before or (before == "step_up" and after.action in _STEP_UP)
-        if not same:
-            report.changed[(before, after.action)] += 1
+        if isinstance(request_id, str):
+            report.by_request[request_id] = tx
+        if isinstance(event, str):
+            open_events[event] = tx
     return report
 
 
-def format_report(report: ReplayReport, rs: RuleSet, out) -> None:
-    """Print the summary, the from->to table and per-rule hits before/after."""
-    changed = sum(report.changed.values())
-    logged = ", ".join(f"{v} ({n})" for v, n in report.versions.most_common()) or "-"
-    print(f"replayed {report.compared} of {report.records} records "
-          f"(logged rules {logged} -> candidate {rs.version})", file=out)
-    for why in report.skipped[:10]:
-        print(f"  skipped line {why}", file=out)
-    if len(report.skipped) > 10:
-        print(f"  ... and {len(report.skipped) - 10} more skipped", file=out)
-    print(f"{changed} decisions change", file=out)
-    if changed:
-        print(f"  {'from':<16}{'to':<16}{'count':>7}", file=out)
-        for (a, b), n in sorted(report.changed.items(), key=lambda kv: (-kv[1], kv[0])):
-            print(f"  {a:<16}{b:<16}{n:>7}", file=out)
-    ids = sorted(set(report.hits_before) | set(report.hits_after))
-    print("rule hits", file=out)
-    print(f"  {'rule':<20}{'before':>8}{'after':>8}{'delta':>8}", file=out)
-    for rid in ids:
-        b, a = report.hits_before[rid], report.hits_after[rid]
-        print(f"  {rid:<20}{b:>8}{a:>8}{a - b:>+8}", file=out)
+def _follow(tx: Transaction, record: dict, ts: float | None, report: ReplayReport) -> None:
+    """A later record of the same transaction: an answer to its challenge."""
+    request_id = record.get("request_id")
+    if isinstance(request_id, str):
+        tx.request_ids.append(request_id)
+        report.by_request[request_id] = tx
+    if ts is not None:
+        tx.last_ts = ts
+    tx.answered = True
+    if tx.ended == "passed":
+        return
+    decision = record.get("decision")
+    if decision in ("allow", "review"):
+        tx.ended = "passed"
+    elif decision == "deny" or record.get("error") in _FAILED:
+        tx.ended = "failed"
