@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--changes", action="store_true", help="list every changed transaction")
     replay.add_argument("--json", action="store_true", help="one JSON document (docs/rules.md)")
 
+    explain = sub.add_parser("explain", help="why one logged request was decided as it was")
+    explain.add_argument("request_id")
+    explain.add_argument("--log", required=True)
+    explain.add_argument("--rules", default=None,
+                         help="what these rules decide (default: the configured rules)")
+    explain.add_argument("--config", default=None)
+
     auth = sub.add_parser("auth", help="manage credentials")
     asub = auth.add_subparsers(dest="action", required=True)
     add_client = asub.add_parser("add-client")
@@ -125,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             return check(_config_path(args), sys.stdout, sys.stderr)
         if args.command == "rules":
             return _rules(args)
+        if args.command == "explain":
+            from rules import commands
+            return commands.explain(args.log, args.request_id, _rules_dir(args, args.rules))
         return _auth(args)
     except (ConfigError, UsageError) as exc:
         for line in str(exc).splitlines():

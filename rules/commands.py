@@ -1,4 +1,4 @@
-"""`txgate rules check | test | replay` as library functions returning exit codes.
+"""`txgate rules check | test | replay` and `txgate explain` as library functions returning exit codes.
 
 The CLI wires argparse to these; each prints user errors as lines, never a traceback.
 """
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rules.loader import RuleLoadError, load_rules, case_files
+from rules.explain import explain as explain_request
 from rules.labels import parse_time, read_labels
 from rules.outcomes import outcomes
 from rules.replay import replay_lines
@@ -106,3 +107,14 @@ def replay(log_path, rules_path, out=None, err=None, attribute_types: dict[str, 
         else:
             print_text(report, found, rs.version, changes, out)
     return 0
+
+
+def explain(log_path, request_id: str, rules_path, out=None, err=None,
+            attribute_types: dict[str, str] | None = None) -> int:
+    """Why one logged request was decided as it was, and what `rules_path` decides on it."""
+    out, err = out or sys.stdout, err or sys.stderr
+    rs = _load(rules_path, err, attribute_types)
+    if rs is None:
+        return 1
+    with rs:
+        return explain_request(log_path, request_id, rs, str(rules_path), out, err)

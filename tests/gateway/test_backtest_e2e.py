@@ -216,3 +216,38 @@ def test_a_broken_pipe_ends_quietly(tmp_path):
     proc.stdout.close()
     assert proc.wait(60) == 141
     assert proc.stderr.read() == b""
+
+
+def explain(traffic, request_id, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([TXGATE, "explain", request_id, "--log", str(traffic["log"]),
+                           "--config", str(traffic["config"]), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_explain_a_step_up_answered_then_under_the_candidate(traffic):
+    ids = traffic["ids"]
+    result = explain(traffic, ids["tx4"][0], "--rules", str(traffic["tmp"] / "candidate"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith(f"request {ids['tx4'][0]} ({traffic['log']}:5)")
+    assert "one transaction, event " in out and ": 4 records" in out
+    assert f"    line 8: {ids['tx4'][3]} tier client -> step_up (user_locked)" in out
+    assert "  * line 5: " in out
+    assert "  amount = 300\n" in out and '  user_id = "bob"\n' in out
+    assert "logged decision: step_up (action require_otp, score 0.0)" in out
+    assert "  set by: action require_otp of T-OTP" in out
+    assert "    when: amount >= 250   [" in out and "    read: amount = 300" in out
+    assert out.rstrip().endswith("  set by: action deny of T-DENY")
+    assert ": deny (score 0)" in out
+
+
+def test_explain_under_the_configured_rules_and_unknown_ids(traffic):
+    ids = traffic["ids"]
+    result = explain(traffic, ids["tx1"])
+    assert result.returncode == 0, result.stderr
+    assert "(the logged rules were" not in result.stdout   # the configured set logged it
+    assert "one transaction" not in result.stdout
+    assert result.stdout.rstrip().endswith(
+        "set by: no enforced rule action; score 0 below every threshold (review 50, require_otp 70, deny 100)")
+    missing = explain(traffic, "nope")
+    assert missing.returncode == 1 and missing.stderr == f"{traffic['log']}: no record with request_id nope\n"
