@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="when labels are read (default: the log's last record)")
     replay.add_argument("--changes", action="store_true", help="list every changed transaction")
     replay.add_argument("--json", action="store_true", help="one JSON document (docs/rules.md)")
+    replay.add_argument("--recompute", action="store_true",
+                        help="recompute the candidate's counters over the log, in time order")
 
     explain = sub.add_parser("explain", help="why one logged request was decided as it was")
     explain.add_argument("request_id")
@@ -164,7 +166,12 @@ def _rules(args) -> int:
     return commands.replay(args.log, _rules_dir(args, args.rules), labels_path=args.labels,
                            skip_bad_labels=args.skip_bad_labels, mature_after_days=args.mature_after,
                            as_of=args.as_of, challenge_ttl_s=ttl, changes=args.changes,
-                           json_out=args.json)
+                           json_out=args.json, recompute=_recompute() if args.recompute else None)
+
+
+def _recompute():
+    from gateway.backtest import RecomputedCounters
+    return RecomputedCounters
 
 
 def _auth(args) -> int:

@@ -5,13 +5,14 @@ The CLI wires argparse to these; each prints user errors as lines, never a trace
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from rules.loader import RuleLoadError, load_rules, case_files
 from rules.explain import explain as explain_request
 from rules.labels import parse_time, read_labels
 from rules.outcomes import outcomes
-from rules.replay import replay_lines
+from rules.replay import replay_lines, unread_attributes
 from rules.replay_output import as_json, print_text
 from rules.ruletests import read_cases, run_case
 
@@ -68,10 +69,13 @@ def run_tests(path, out=None, err=None, attribute_types: dict[str, str] | None =
 
 def replay(log_path, rules_path, out=None, err=None, attribute_types: dict[str, str] | None = None,
            *, labels_path=None, skip_bad_labels: bool = False, mature_after_days: float | None = None,
-           as_of: str | None = None, challenge_ttl_s: float = 300, changes: bool = False,
-           json_out: bool = False) -> int:
+           as_of: str | None = None, challenge_ttl_s: int = 300, changes: bool = False,
+           json_out: bool = False, recompute=None) -> int:
     """Re-decide a decision log's transactions under the candidate rules and print what
-    changes; with a labels file, what each rule and set stopped and at what cost."""
+    changes; with a labels file, what each rule and set stopped and at what cost.
+
+    ``recompute(rs, challenge_ttl_s)`` builds the counters hook of ``replay_lines``
+    (gateway.backtest.RecomputedCounters: rules/ cannot import the gateway's velocity)."""
     out, err = out or sys.stdout, err or sys.stderr
     labels = None
     if labels_path is not None:
@@ -95,18 +99,48 @@ def replay(log_path, rules_path, out=None, err=None, attribute_types: dict[str, 
         return 1
     with rs:
         try:
+            counters = recompute(rs, challenge_ttl_s) if recompute is not None else None
             with open(log_path, "rb") as fh:
-                report = replay_lines(fh, rs)
+                report = replay_lines(fh, rs, counters)
         except OSError as e:
             print(f"{log_path}: {e.strerror or e}", file=err)
             return 1
+        notes = warnings(report, rs, counters)
         found = outcomes(report, labels, challenge_ttl_s=challenge_ttl_s, as_of=as_of_ts,
                          mature_after_s=None if mature_after_days is None else mature_after_days * 86400)
         if json_out:
-            out.write(as_json(report, found, rs.version, changes).decode())
+            out.write(as_json(report, found, rs.version, changes, notes).decode())
         else:
-            print_text(report, found, rs.version, changes, out)
+            print_text(report, found, rs.version, changes, out, notes)
     return 0
+
+
+def warnings(report, rs, counters) -> list[str]:
+    """What makes the replay differ from what the candidate would really have decided."""
+    notes = []
+    counted = {c.feature for c in rs.counters}
+    for rule, absent in unread_attributes(report, rs).items():
+        hint = ("; counters the log lacks need --recompute"
+                if counters is None and counted.intersection(absent) else "")
+        notes.append(f"rule {rule} reads {', '.join(absent)}, which no replayed record carries: "
+                     f"it can only match without them{hint}")
+    if counters is not None and rs.counters and report.first_ts is not None:
+        longest = max(c.window_s or 0 for c in rs.counters)
+        start = datetime.fromtimestamp(report.first_ts, timezone.utc).isoformat(timespec="seconds")
+        notes.append(f"warm-up: counters start empty at the log's first record ({start}); "
+                     f"for {_span(longest) if longest else 'their retention'} after it they "
+                     f"saw less history than the gateway did")
+        if counters.differences:
+            notes.append("recomputed counters differ from the logged ones: " + ", ".join(
+                f"{name} in {n} records" for name, n in sorted(counters.differences.items())))
+    return notes
+
+
+def _span(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def explain(log_path, request_id: str, rules_path, out=None, err=None,

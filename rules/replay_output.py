@@ -13,7 +13,8 @@ def changed_pairs(report: ReplayReport) -> Counter:
     return Counter((tx.before, tx.after) for tx in report.transactions if tx.changed)
 
 
-def as_json(report: ReplayReport, outcomes: Outcomes, candidate_version: str, changes: bool) -> bytes:
+def as_json(report: ReplayReport, outcomes: Outcomes, candidate_version: str, changes: bool,
+            warnings: list[str]) -> bytes:
     doc = {
         "candidate_version": candidate_version,
         "logged_versions": dict(report.versions.most_common()),
@@ -28,18 +29,22 @@ def as_json(report: ReplayReport, outcomes: Outcomes, candidate_version: str, ch
         "rules": [{"id": rid, **entry} for rid, entry in outcomes.rules.items()],
         "step_up": outcomes.step_up,
         "labels": outcomes.labels,
+        "warnings": warnings,
     }
     if changes:
         doc["changes"] = change_rows(report)
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
-def print_text(report: ReplayReport, outcomes: Outcomes, candidate_version: str, changes: bool, out) -> None:
+def print_text(report: ReplayReport, outcomes: Outcomes, candidate_version: str, changes: bool,
+               out, warnings: list[str]) -> None:
     pairs = changed_pairs(report)
     changed = sum(pairs.values())
     logged = ", ".join(f"{v} ({n})" for v, n in report.versions.most_common()) or "-"
     print(f"replayed {report.compared} transactions from {report.records} records "
           f"(logged rules {logged} -> candidate {candidate_version})", file=out)
+    for note in warnings:
+        print(f"warning: {note}", file=out)
     for why in report.skipped[:10]:
         print(f"  skipped line {why}", file=out)
     if len(report.skipped) > 10:
