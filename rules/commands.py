@@ -4,6 +4,8 @@ The CLI wires argparse to these; each prints user errors as lines, never a trace
 """
 from __future__ import annotations
 
+import functools
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,7 +14,7 @@ from rules.loader import RuleLoadError, load_rules, case_files
 from rules.explain import explain as explain_request
 from rules.labels import parse_time, read_labels
 from rules.outcomes import outcomes
-from rules.replay import replay_lines, unread_attributes
+from rules.replay import replay_file, unread_attributes
 from rules.replay_output import as_json, print_text
 from rules.ruletests import read_cases, run_case
 
@@ -100,8 +102,8 @@ def replay(log_path, rules_path, out=None, err=None, attribute_types: dict[str, 
     with rs:
         try:
             counters = recompute(rs, challenge_ttl_s) if recompute is not None else None
-            with open(log_path, "rb") as fh:
-                report = replay_lines(fh, rs, counters)
+            load = functools.partial(load_rules, rules_path, attribute_types)
+            report = replay_file(log_path, rs, counters, load, os.cpu_count() or 1)
         except OSError as e:
             print(f"{log_path}: {e.strerror or e}", file=err)
             return 1

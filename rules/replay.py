@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
 import orjson
 
 from rules.expressions import expr_attrs
@@ -93,79 +97,155 @@ def replay_lines(lines, rs: RuleSet, counters=None) -> ReplayReport:
     one is decided (a step-up repeat too) so the counters learn what became of it.
     """
     report = ReplayReport()
-    open_events: dict[str, Transaction] = {}
-    records = _records(lines, report)
+    seen: list[int] = []
+    records = _records(lines, report.skipped, seen)
     if counters is not None:
         records = sorted(records, key=lambda nr: nr[1].get("ts") if _number(nr[1].get("ts")) else 0.0)
-    for n, record in records:
-        ts = record.get("ts")
-        ts = float(ts) if _number(ts) else None
-        if ts is not None:
-            report.first_ts = ts if report.first_ts is None else min(report.first_ts, ts)
-            report.last_ts = ts if report.last_ts is None else max(report.last_ts, ts)
-        event = record.get("event_id")
-        tx = open_events.get(event) if isinstance(event, str) else None
-        if tx is not None:
-            _follow(tx, record, ts, report)
-            if counters is not None and isinstance(record.get("features"), dict):
-                try:
-                    counters.settle(record, rs.decide(counters.features(record), tx.route))
-                except ValueError:
-                    pass   # the transaction is already decided; its repeat only feeds counters
-            continue
-        before = logged_action(record)
-        route, features = record.get("route"), record.get("features")
-        if before is None or not isinstance(route, str) or not isinstance(features, dict):
-            report.skipped.append(f"{n}: no decision, route or features")
-            continue
+    _link((digest(n, record, rs, report.attributes, counters) for n, record in records), report)
+    report.records = len(seen)
+    return report
+
+
+def replay_file(path, rs: RuleSet, counters=None, load=None, workers: int = 1) -> ReplayReport:
+    """`replay_lines` over a file; without ``counters``, a large file is decided by ``workers``
+    processes, each with the rule set ``load()`` returns (the same files), in byte ranges."""
+    size = os.path.getsize(path)
+    if counters is not None or load is None or workers < 2 or size < _PARALLEL_BYTES:
+        with open(path, "rb") as fh:
+            return replay_lines(fh, rs, counters)
+    report = ReplayReport()
+    step = -(-size // (workers * 4))
+    ranges = [(str(path), start, min(start + step, size)) for start in range(0, size, step)]
+    offset = 0
+    # fork: a worker starts in milliseconds and builds its own engine ruleset (the parent's,
+    # inherited, is never used there); replay runs no threads that a fork could cut.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(load,)) as pool:
+        def rows():
+            nonlocal offset
+            for lines, records, skipped, digested, names in pool.map(_digest_range, ranges):
+                report.records += records
+                report.skipped.extend(f"{int(n) + offset}: {why}" for n, why in skipped)
+                report.attributes.update(names)
+                for row in digested:
+                    yield (row[0] + offset,) + row[1:]
+                offset += lines
+        _link(rows(), report)
+    report.skipped.sort(key=lambda why: int(why.split(":", 1)[0]))   # as one pass lists them
+    return report
+
+
+_PARALLEL_BYTES = 64 << 20   # below ~70,000 records, starting the workers costs more than it saves
+_worker_rules: RuleSet | None = None
+
+
+def _start_worker(load) -> None:
+    global _worker_rules
+    _worker_rules = load()
+
+
+def _digest_range(task):
+    """(lines read, records, [(line, why)], rows, attribute names) of the lines starting in
+    [start, end) of the file; line numbers count from the range's first line."""
+    path, start, end = task
+    skipped: list[str] = []
+    names: set = set()
+    with open(path, "rb") as fh:
+        fh.seek(max(start - 1, 0))
+        if start:
+            fh.readline()   # the end of the line the previous range owns
+        lines = []
+        while fh.tell() < end:
+            line = fh.readline()
+            if not line:
+                break
+            lines.append(line)
+    records = []
+    rows = [digest(n, record, _worker_rules, names) for n, record in _records(lines, skipped, records)]
+    return (len(lines), len(records), [tuple(s.split(": ", 1)) for s in skipped], rows, names)
+
+
+def digest(n: int, record: dict, rs: RuleSet, names: set, counters=None) -> tuple:
+    """One record as replay links it, decided under `rs`: a flat tuple (cheap between
+    processes). Its last member is why it cannot be decided (None when it was)."""
+    ts = record.get("ts")
+    ts = float(ts) if _number(ts) else None
+    event, request_id = record.get("event_id"), record.get("request_id")
+    before = logged_action(record)
+    route, features = record.get("route"), record.get("features")
+    after, why = None, None
+    if before is None or not isinstance(route, str) or not isinstance(features, dict):
+        why = "no decision, route or features"
+    else:
         if counters is not None:
             features = counters.features(record)
         try:
             after = rs.decide(features, route)
         except ValueError as e:
-            report.skipped.append(f"{n}: {e}")
+            why = str(e)
+        else:
+            names.update(features)
+            if counters is not None:
+                counters.settle(record, after)
+    transaction = record.get("transaction")
+    amount = transaction.get("amount") if isinstance(transaction, dict) else None
+    score = record.get("score")
+    return (n, ts, event if isinstance(event, str) else None,
+            request_id if isinstance(request_id, str) else None, record.get("user_id"),
+            float(amount) if _number(amount) else None, route, before,
+            tuple(h["id"] for h in record.get("rules") or ()
+                  if isinstance(h, dict) and isinstance(h.get("id"), str)),
+            score if _number(score) else None, record.get("decision"), record.get("error"),
+            str(record.get("rules_version", "?")),
+            after.action if after else None, tuple(h.rule for h in after.hits) if after else (),
+            after.score if after else 0.0, why)
+
+
+def _link(rows, report: ReplayReport) -> None:
+    """Group digested records into transactions: a record whose event is open follows it."""
+    open_events: dict[str, Transaction] = {}
+    for (n, ts, event, request_id, user_id, amount, route, before, before_hits, score, decision,
+         error, version, after, after_hits, after_score, why) in rows:
+        if ts is not None:
+            report.first_ts = ts if report.first_ts is None else min(report.first_ts, ts)
+            report.last_ts = ts if report.last_ts is None else max(report.last_ts, ts)
+        tx = open_events.get(event) if event is not None else None
+        if tx is not None:
+            _follow(tx, request_id, decision, error, ts, report)
             continue
-        if counters is not None:
-            counters.settle(record, after)
-        report.attributes.update(features)
-        transaction = record.get("transaction")
-        amount = transaction.get("amount") if isinstance(transaction, dict) else None
-        request_id = record.get("request_id")
-        score = record.get("score")
+        if why is not None:
+            report.skipped.append(f"{n}: {why}")
+            continue
         tx = Transaction(
-            line=n, ts=ts, request_ids=[request_id] if isinstance(request_id, str) else [],
-            user_id=record.get("user_id"),
-            amount=float(amount) if _number(amount) else None,
-            route=route, before=before,
-            before_hits=tuple(h["id"] for h in record.get("rules") or ()
-                              if isinstance(h, dict) and isinstance(h.get("id"), str)),
-            before_score=score if _number(score) else None,
-            after=after.action, after_hits=tuple(h.rule for h in after.hits), after_score=after.score,
-            stepped_up=record.get("decision") == "step_up", last_ts=ts)
-        if tx.stepped_up and record.get("error") in _FAILED:
+            line=n, ts=ts, request_ids=[request_id] if request_id else [], user_id=user_id,
+            amount=amount, route=route, before=before, before_hits=before_hits,
+            before_score=score, after=after, after_hits=after_hits, after_score=after_score,
+            stepped_up=decision == "step_up", last_ts=ts)
+        if tx.stepped_up and error in _FAILED:
             tx.ended = "failed"   # locked, or nothing enrolled: no challenge to answer
         report.transactions.append(tx)
-        report.versions[str(record.get("rules_version", "?"))] += 1
-        if isinstance(request_id, str):
+        report.versions[version] += 1
+        if request_id:
             report.by_request[request_id] = tx
-        if isinstance(event, str):
+        if event is not None:
             open_events[event] = tx
-    return report
 
 
-def _records(lines, report: ReplayReport):
-    """(line number, record) of every JSON object line; the others go to `skipped`."""
+def _records(lines, skipped: list[str], kept: list[int]):
+    """(line number, record) of every JSON object line; the others go to `skipped`.
+    ``kept`` gets the number of every non-blank line, to count them."""
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        report.records += 1
+        kept.append(n)
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError as e:
-            report.skipped.append(f"{n}: not JSON ({str(e).split(':')[0]})")
+            skipped.append(f"{n}: not JSON ({str(e).split(':')[0]})")
             continue
         if not isinstance(record, dict):
-            report.skipped.append(f"{n}: not a JSON object")
+            skipped.append(f"{n}: not a JSON object")
             continue
         yield n, record
 
@@ -184,10 +264,10 @@ def unread_attributes(report: ReplayReport, rs: RuleSet) -> dict[str, list[str]]
     return missing
 
 
-def _follow(tx: Transaction, record: dict, ts: float | None, report: ReplayReport) -> None:
+def _follow(tx: Transaction, request_id: str | None, decision, error, ts: float | None,
+            report: ReplayReport) -> None:
     """A later record of the same transaction: an answer to its challenge."""
-    request_id = record.get("request_id")
-    if isinstance(request_id, str):
+    if request_id:
         tx.request_ids.append(request_id)
         report.by_request[request_id] = tx
     if ts is not None:
@@ -195,8 +275,7 @@ def _follow(tx: Transaction, record: dict, ts: float | None, report: ReplayRepor
     tx.answered = True
     if tx.ended == "passed":
         return
-    decision = record.get("decision")
     if decision in ("allow", "review"):
         tx.ended = "passed"
-    elif decision == "deny" or record.get("error") in _FAILED:
+    elif decision == "deny" or error in _FAILED:
         tx.ended = "failed"
