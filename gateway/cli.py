@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="when labels are read (default: the log's last record)")
     replay.add_argument("--changes", action="store_true", help="list every changed transaction")
     replay.add_argument("--json", action="store_true", help="one JSON document (docs/rules.md)")
+    replay.add_argument("--html", default=None, metavar="FILE",
+                        help="also write a self-contained page with the table and plots")
     replay.add_argument("--recompute", action="store_true",
                         help="recompute the candidate's counters over the log, in time order")
 
@@ -166,7 +168,8 @@ def _rules(args) -> int:
     return commands.replay(args.log, _rules_dir(args, args.rules), labels_path=args.labels,
                            skip_bad_labels=args.skip_bad_labels, mature_after_days=args.mature_after,
                            as_of=args.as_of, challenge_ttl_s=ttl, changes=args.changes,
-                           json_out=args.json, recompute=_recompute() if args.recompute else None)
+                           json_out=args.json, recompute=_recompute() if args.recompute else None,
+                           html_path=args.html)
 
 
 def _recompute():

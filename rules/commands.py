@@ -72,7 +72,7 @@ def run_tests(path, out=None, err=None, attribute_types: dict[str, str] | None =
 def replay(log_path, rules_path, out=None, err=None, attribute_types: dict[str, str] | None = None,
            *, labels_path=None, skip_bad_labels: bool = False, mature_after_days: float | None = None,
            as_of: str | None = None, challenge_ttl_s: int = 300, changes: bool = False,
-           json_out: bool = False, recompute=None) -> int:
+           json_out: bool = False, recompute=None, html_path=None) -> int:
     """Re-decide a decision log's transactions under the candidate rules and print what
     changes; with a labels file, what each rule and set stopped and at what cost.
 
@@ -110,6 +110,13 @@ def replay(log_path, rules_path, out=None, err=None, attribute_types: dict[str, 
         notes = warnings(report, rs, counters)
         found = outcomes(report, labels, challenge_ttl_s=challenge_ttl_s, as_of=as_of_ts,
                          mature_after_s=None if mature_after_days is None else mature_after_days * 86400)
+        if html_path is not None:
+            from rules.replay_html import write_html   # plotly loads in ~1 s: only when asked
+            try:
+                write_html(html_path, report, found, rs.thresholds, rs.version)
+            except OSError as e:
+                print(f"{html_path}: {e.strerror or e}", file=err)
+                return 1
         if json_out:
             out.write(as_json(report, found, rs.version, changes, notes).decode())
         else:

@@ -22,6 +22,7 @@ class Outcomes:
     rules: dict         # rule id -> {"logged": metrics, "candidate": metrics, "step_up": {...}}
     step_up: dict       # outcome -> transactions (the logged step-ups)
     labels: dict | None  # how the labels joined, None without a labels file
+    classes: dict       # id(transaction) -> (class, amount) for the transactions with a class
 
 
 def classify(report: ReplayReport, labels: dict[str, Label] | None, *, as_of: float | None,
@@ -91,7 +92,7 @@ def outcomes(report: ReplayReport, labels: dict[str, Label] | None, *, challenge
                    "step_up": {o: e["step_up"][o] for o in STEP_UP_OUTCOMES}}
                for r, e in sorted(rules.items())},
         step_up={o: step_ups[o] for o in STEP_UP_OUTCOMES},
-        labels=joined)
+        labels=joined, classes=classes)
 
 
 class _Tally:

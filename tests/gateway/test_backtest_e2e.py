@@ -251,3 +251,20 @@ def test_explain_under_the_configured_rules_and_unknown_ids(traffic):
         "set by: no enforced rule action; score 0 below every threshold (review 50, require_otp 70, deny 100)")
     missing = explain(traffic, "nope")
     assert missing.returncode == 1 and missing.stderr == f"{traffic['log']}: no record with request_id nope\n"
+
+
+def test_html_report_is_one_offline_page(traffic):
+    ids = traffic["ids"]
+    labels = write_labels(traffic, f"request_id,label\n{ids['tx3']},fraud\n{ids['tx1']},genuine\n", "few.csv")
+    page = traffic["tmp"] / "report.html"
+    result = replay(traffic, "--labels", labels, "--html", str(page))
+    assert result.returncode == 0, result.stderr
+    text = page.read_text()
+    from plotly.offline import get_plotlyjs
+    assert get_plotlyjs() in text                       # the library inlined, once
+    page_only = text.replace(get_plotlyjs(), "")
+    assert "src=" not in page_only and "http" not in page_only   # nothing else to fetch
+    for title in ("Precision and recall per rule", "Candidate risk score: fraud vs genuine",
+                  "Decisions: logged (rows)", "<td>T-OTP</td>", "<td>C-NEW</td>"):
+        assert title in text
+    assert "8 transactions from 12 records" in text
