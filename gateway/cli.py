@@ -163,18 +163,14 @@ def _rules(args) -> int:
         return commands.check(_rules_dir(args, args.dir), attribute_types=types)
     if args.action == "test":
         return commands.run_tests(_rules_dir(args, args.dir), attribute_types=types)
+    from gateway.backtest import RecomputedCounters
     # The challenge lifetime tells an abandoned step-up from one still answerable.
     ttl = _load_config(args).auth.challenge_ttl_s if _config_path(args) else 300
     return commands.replay(args.log, _rules_dir(args, args.rules), labels_path=args.labels,
                            skip_bad_labels=args.skip_bad_labels, mature_after_days=args.mature_after,
                            as_of=args.as_of, challenge_ttl_s=ttl, changes=args.changes,
-                           json_out=args.json, recompute=_recompute() if args.recompute else None,
+                           json_out=args.json, recompute=RecomputedCounters if args.recompute else None,
                            html_path=args.html)
-
-
-def _recompute():
-    from gateway.backtest import RecomputedCounters
-    return RecomputedCounters
 
 
 def _auth(args) -> int:

@@ -79,6 +79,9 @@ def replay(log_path, rules_path, out=None, err=None, attribute_types: dict[str, 
     ``recompute(rs, challenge_ttl_s)`` builds the counters hook of ``replay_lines``
     (gateway.backtest.RecomputedCounters: rules/ cannot import the gateway's velocity)."""
     out, err = out or sys.stdout, err or sys.stderr
+    if mature_after_days is not None and not mature_after_days >= 0:
+        print(f"--mature-after {mature_after_days:g}: give a number of days >= 0", file=err)
+        return 1
     labels = None
     if labels_path is not None:
         try:
