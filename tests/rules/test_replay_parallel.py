@@ -40,3 +40,13 @@ def test_workers_give_the_single_pass_report(write, tmp_path, monkeypatch):
            for t in single.transactions]
     assert sum(t.ended == "passed" for t in single.transactions) > 30
     assert split.attributes == single.attributes and split.last_ts == single.last_ts
+
+
+def test_audit_records_are_not_decisions(write, tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps({"type": "audit", "event": "client_added", "client_id": "shop"}) + "\n"
+                   + json.dumps({"request_id": "r1", "route": "payments", "decision": "allow",
+                                 "features": {"amount": 950}}) + "\n")
+    with load_rules(write(r__yaml=RULES)) as rs:
+        report = replay_file(log, rs)
+    assert report.records == 1 and report.skipped == [] and report.transactions[0].after == "deny"
