@@ -48,6 +48,27 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--log", required=True)
     replay.add_argument("--rules", default=None)
     replay.add_argument("--config", default=None)
+    replay.add_argument("--labels", default=None, metavar="FILE",
+                        help="CSV or JSONL: request_id, label (fraud|genuine), reported_at, amount")
+    replay.add_argument("--skip-bad-labels", action="store_true",
+                        help="leave bad label rows out (reported) instead of failing")
+    replay.add_argument("--mature-after", type=float, default=None, metavar="DAYS",
+                        help="unlabelled transactions older than DAYS count as genuine")
+    replay.add_argument("--as-of", default=None, metavar="ISO8601",
+                        help="when labels are read (default: the log's last record)")
+    replay.add_argument("--changes", action="store_true", help="list every changed transaction")
+    replay.add_argument("--json", action="store_true", help="one JSON document (docs/rules.md)")
+    replay.add_argument("--html", default=None, metavar="FILE",
+                        help="also write a self-contained page with the table and plots")
+    replay.add_argument("--recompute", action="store_true",
+                        help="recompute the candidate's counters over the log, in time order")
+
+    explain = sub.add_parser("explain", help="why one logged request was decided as it was")
+    explain.add_argument("request_id")
+    explain.add_argument("--log", required=True)
+    explain.add_argument("--rules", default=None,
+                         help="what these rules decide (default: the configured rules)")
+    explain.add_argument("--config", default=None)
 
     auth = sub.add_parser("auth", help="manage credentials")
     asub = auth.add_subparsers(dest="action", required=True)
@@ -127,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             return check(_config_path(args), sys.stdout, sys.stderr)
         if args.command == "rules":
             return _rules(args)
+        if args.command == "explain":
+            from rules import commands
+            return commands.explain(args.log, args.request_id, _rules_dir(args, args.rules))
         return _auth(args)
     except (ConfigError, UsageError) as exc:
         for line in str(exc).splitlines():
@@ -134,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `| head` closed the pipe: stop quietly (and keep Python's exit flush from failing).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _rules(args) -> int:
@@ -156,7 +184,14 @@ def _rules(args) -> int:
         # Scenarios run through the gateway's own extraction (with a config) and counters.
         return commands.run_tests(_rules_dir(args, args.dir), attribute_types=types,
                                   scenario_runner=runner)
-    return commands.replay(args.log, _rules_dir(args, args.rules))
+    from gateway.backtest import RecomputedCounters
+    # The challenge lifetime tells an abandoned step-up from one still answerable.
+    ttl = config.auth.challenge_ttl_s if config is not None else 300
+    return commands.replay(args.log, _rules_dir(args, args.rules), labels_path=args.labels,
+                           skip_bad_labels=args.skip_bad_labels, mature_after_days=args.mature_after,
+                           as_of=args.as_of, challenge_ttl_s=ttl, changes=args.changes,
+                           json_out=args.json, recompute=RecomputedCounters if args.recompute else None,
+                           html_path=args.html)
 
 
 def _auth(args) -> int:

@@ -63,6 +63,9 @@ class Recorder:
         entry = {
             "ts": time.time(),
             "request_id": ex.request_id,
+            # One per transaction: a step-up repeat carries its challenge's event id, so replay
+            # joins a challenge, its answers and its lockout into one transaction.
+            "event_id": ex.event_id,
             "route": ex.route.name,
             "client_id": ex.client_id,
             "keyid": ex.key_id,

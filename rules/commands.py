@@ -1,14 +1,21 @@
-"""`txgate rules check | test | replay` as library functions returning exit codes.
+"""`txgate rules check | test | replay` and `txgate explain` as library functions returning exit codes.
 
 The CLI wires argparse to these; each prints user errors as lines, never a traceback.
 """
 from __future__ import annotations
 
+import functools
+import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from rules.loader import RuleLoadError, load_rules, case_files
-from rules.replay import format_report, replay_lines
+from rules.explain import explain as explain_request
+from rules.labels import parse_time, read_labels
+from rules.outcomes import outcomes
+from rules.replay import replay_file, unread_attributes
+from rules.replay_output import as_json, print_text
 from rules.ruletests import read_cases, run_case
 from rules.scenarios import Scenario
 
@@ -96,18 +103,98 @@ def _run_one(case, rs, scenario_runner) -> list[str]:
     return scenario_runner.run(case, rs)
 
 
-def replay(log_path, rules_path, out=None, err=None, attribute_types: dict[str, str] | None = None) -> int:
-    """Re-decide a decision log's records under the candidate rules and print what changes."""
+def replay(log_path, rules_path, out=None, err=None, attribute_types: dict[str, str] | None = None,
+           *, labels_path=None, skip_bad_labels: bool = False, mature_after_days: float | None = None,
+           as_of: str | None = None, challenge_ttl_s: int = 300, changes: bool = False,
+           json_out: bool = False, recompute=None, html_path=None) -> int:
+    """Re-decide a decision log's transactions under the candidate rules and print what
+    changes; with a labels file, what each rule and set stopped and at what cost.
+
+    ``recompute(rs, challenge_ttl_s)`` builds the counters hook of ``replay_lines``
+    (gateway.backtest.RecomputedCounters: rules/ cannot import the gateway's velocity)."""
     out, err = out or sys.stdout, err or sys.stderr
+    if mature_after_days is not None and not mature_after_days >= 0:
+        print(f"--mature-after {mature_after_days:g}: give a number of days >= 0", file=err)
+        return 1
+    labels = None
+    if labels_path is not None:
+        try:
+            labels, bad = read_labels(labels_path)
+        except OSError as e:
+            print(f"{labels_path}: {e.strerror or e}", file=err)
+            return 1
+        for line in bad:
+            print(line, file=err)
+        if bad and not skip_bad_labels:
+            print(f"{len(bad)} bad label rows: fix them or pass --skip-bad-labels", file=err)
+            return 1
+    try:
+        as_of_ts = parse_time(as_of, "--as-of")
+    except ValueError as e:
+        print(str(e), file=err)
+        return 1
     rs = _load(rules_path, err, attribute_types)
     if rs is None:
         return 1
     with rs:
         try:
-            with open(log_path, encoding="utf-8") as fh:
-                report = replay_lines(fh, rs)
+            counters = recompute(rs, challenge_ttl_s) if recompute is not None else None
+            load = functools.partial(load_rules, rules_path, attribute_types)
+            report = replay_file(log_path, rs, counters, load, os.cpu_count() or 1)
         except OSError as e:
             print(f"{log_path}: {e.strerror or e}", file=err)
             return 1
-        format_report(report, rs, out)
+        notes = warnings(report, rs, counters)
+        found = outcomes(report, labels, challenge_ttl_s=challenge_ttl_s, as_of=as_of_ts,
+                         mature_after_s=None if mature_after_days is None else mature_after_days * 86400)
+        if html_path is not None:
+            from rules.replay_html import write_html   # plotly loads in ~1 s: only when asked
+            try:
+                write_html(html_path, report, found, rs.thresholds, rs.version)
+            except OSError as e:
+                print(f"{html_path}: {e.strerror or e}", file=err)
+                return 1
+        if json_out:
+            out.write(as_json(report, found, rs.version, changes, notes).decode())
+        else:
+            print_text(report, found, rs.version, changes, out, notes)
     return 0
+
+
+def warnings(report, rs, counters) -> list[str]:
+    """What makes the replay differ from what the candidate would really have decided."""
+    notes = []
+    counted = {c.feature for c in rs.counters}
+    for rule, absent in unread_attributes(report, rs).items():
+        hint = ("; counters the log lacks need --recompute"
+                if counters is None and counted.intersection(absent) else "")
+        notes.append(f"rule {rule} reads {', '.join(absent)}, which no replayed record carries: "
+                     f"it can only match without them{hint}")
+    if counters is not None and rs.counters and report.first_ts is not None:
+        longest = max(c.window_s or 0 for c in rs.counters)
+        start = datetime.fromtimestamp(report.first_ts, timezone.utc).isoformat(timespec="seconds")
+        notes.append(f"warm-up: counters start empty at the log's first record ({start}); "
+                     f"for {_span(longest) if longest else 'their retention'} after it they "
+                     f"saw less history than the gateway did")
+        if counters.differences:
+            notes.append("recomputed counters differ from the logged ones: " + ", ".join(
+                f"{name} in {n} records" for name, n in sorted(counters.differences.items())))
+    return notes
+
+
+def _span(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def explain(log_path, request_id: str, rules_path, out=None, err=None,
+            attribute_types: dict[str, str] | None = None) -> int:
+    """Why one logged request was decided as it was, and what `rules_path` decides on it."""
+    out, err = out or sys.stdout, err or sys.stderr
+    rs = _load(rules_path, err, attribute_types)
+    if rs is None:
+        return 1
+    with rs:
+        return explain_request(log_path, request_id, rs, str(rules_path), out, err)

@@ -1,24 +1,83 @@
-"""Re-decide logged transactions under candidate rules: what would change before it ships."""
+"""Re-decide logged transactions under candidate rules: what would change before it ships.
+
+One transaction is one unit: the decision log gives a step-up challenge, the repeats that answer
+it and a lockout on the way the same ``event_id``, so they are read as one transaction, decided
+as its first record was (the repeat is re-decided at a higher tier, which is not a new decision
+about the payment). The later records tell how the step-up ended (``step_up_outcome``).
+"""
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import orjson
+
+from rules.expressions import expr_attrs
 from rules.ruleset import RuleSet
 
 _STEP_UP = ("require_otp", "require_device")
+STOPPED = frozenset({"deny", "step_up", *_STEP_UP})
+STEP_UP_OUTCOMES = ("passed", "failed", "abandoned", "pending")
+# Answers that end a step-up without the transaction going through.
+_FAILED = frozenset({"user_locked", "too_many_attempts", "enrollment_required"})
+
+
+@dataclass(slots=True)
+class Transaction:
+    line: int
+    ts: float | None
+    request_ids: list[str]
+    user_id: object
+    amount: float | None
+    route: str
+    before: str                      # the logged action
+    before_hits: tuple[str, ...]
+    before_score: float | None
+    after: str                       # the candidate's action
+    after_hits: tuple[str, ...]
+    after_score: float
+    stepped_up: bool                 # the logged decision asked for a step-up
+    last_ts: float | None = None     # the last record of the transaction
+    answered: bool = False           # a later record answered the challenge
+    ended: str | None = None         # "passed" | "failed" once a record says so
+
+    @property
+    def changed(self) -> bool:
+        return not (self.after == self.before
+                    or (self.before == "step_up" and self.after in _STEP_UP))
+
+    def step_up_outcome(self, log_end: float | None, challenge_ttl_s: float) -> str | None:
+        """passed, failed (wrong answers, a lockout, nothing to answer with), abandoned (the
+        challenge expired unanswered), pending (still answerable when the log ends)."""
+        if not self.stepped_up:
+            return None
+        if self.ended:
+            return self.ended
+        expired = (log_end is not None and self.last_ts is not None
+                   and log_end - self.last_ts >= challenge_ttl_s)
+        if not expired:
+            return "pending"
+        return "failed" if self.answered else "abandoned"
 
 
 @dataclass
 class ReplayReport:
     records: int = 0
     skipped: list[str] = field(default_factory=list)     # "LINE: why"
-    changed: Counter = field(default_factory=Counter)   # (before, after) -> n
-    compared: int = 0
-    hits_before: Counter = field(default_factory=Counter)
-    hits_after: Counter = field(default_factory=Counter)
+    transactions: list[Transaction] = field(default_factory=list)
+    by_request: dict = field(default_factory=dict)        # request id -> Transaction
     versions: Counter = field(default_factory=Counter)
+    attributes: set = field(default_factory=set)           # every feature name replayed
+    first_ts: float | None = None
+    last_ts: float | None = None
+
+    @property
+    def compared(self) -> int:
+        return len(self.transactions)
 
 
 def logged_action(record: dict) -> str | None:
@@ -30,65 +89,196 @@ def logged_action(record: dict) -> str | None:
     return decision if isinstance(decision, str) and decision != "error" else None
 
 
-def replay_lines(lines, rs: RuleSet) -> ReplayReport:
-    """Decide each JSONL record's features under `rs` and tally what changes."""
+def replay_lines(lines, rs: RuleSet, counters=None) -> ReplayReport:
+    """Decide each transaction's first JSONL record under `rs`; link its later records.
+
+    ``counters`` (gateway.backtest.RecomputedCounters) recomputes the counter features of
+    every record instead of reading the logged ones: records then go in time order, and each
+    one is decided (a step-up repeat too) so the counters learn what became of it.
+    """
     report = ReplayReport()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        report.records += 1
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            report.skipped.append(f"{n}: not JSON ({e.msg})")
-            continue
-        if not isinstance(record, dict):
-            report.skipped.append(f"{n}: not a JSON object")
-            continue
-        if record.get("type") == "audit":   # a credential change, not a decision
-            report.records -= 1
-            continue
-        before = logged_action(record)
-        route, features = record.get("route"), record.get("features")
-        if before is None or not isinstance(route, str) or not isinstance(features, dict):
-            report.skipped.append(f"{n}: no decision, route or features")
-            continue
-        try:
-            after = rs.decide(features, route)
-        except ValueError as e:
-            report.skipped.append(f"{n}: {e}")
-            continue
-        report.compared += 1
-        report.versions[str(record.get("rules_version", "?"))] += 1
-        for hit in record.get("rules") or []:
-            if isinstance(hit, dict) and isinstance(hit.get("id"), str):
-                report.hits_before[hit["id"]] += 1
-        for hit in after.hits:
-            report.hits_after[hit.rule] += 1
-        same = after.action == before or (before == "step_up" and after.action in _STEP_UP)
-        if not same:
-            report.changed[(before, after.action)] += 1
+    seen: list[int] = []
+    records = _records(lines, report.skipped, seen)
+    if counters is not None:
+        records = sorted(records, key=lambda nr: nr[1].get("ts") if _number(nr[1].get("ts")) else 0.0)
+    _link((digest(n, record, rs, report.attributes, counters) for n, record in records), report)
+    report.records = len(seen)
     return report
 
 
-def format_report(report: ReplayReport, rs: RuleSet, out) -> None:
-    """Print the summary, the from->to table and per-rule hits before/after."""
-    changed = sum(report.changed.values())
-    logged = ", ".join(f"{v} ({n})" for v, n in report.versions.most_common()) or "-"
-    print(f"replayed {report.compared} of {report.records} records "
-          f"(logged rules {logged} -> candidate {rs.version})", file=out)
-    for why in report.skipped[:10]:
-        print(f"  skipped line {why}", file=out)
-    if len(report.skipped) > 10:
-        print(f"  ... and {len(report.skipped) - 10} more skipped", file=out)
-    print(f"{changed} decisions change", file=out)
-    if changed:
-        print(f"  {'from':<16}{'to':<16}{'count':>7}", file=out)
-        for (a, b), n in sorted(report.changed.items(), key=lambda kv: (-kv[1], kv[0])):
-            print(f"  {a:<16}{b:<16}{n:>7}", file=out)
-    ids = sorted(set(report.hits_before) | set(report.hits_after))
-    print("rule hits", file=out)
-    print(f"  {'rule':<20}{'before':>8}{'after':>8}{'delta':>8}", file=out)
-    for rid in ids:
-        b, a = report.hits_before[rid], report.hits_after[rid]
-        print(f"  {rid:<20}{b:>8}{a:>8}{a - b:>+8}", file=out)
+def replay_file(path, rs: RuleSet, counters=None, load=None, workers: int = 1) -> ReplayReport:
+    """`replay_lines` over a file; without ``counters``, a large file is decided by ``workers``
+    processes, each with the rule set ``load()`` returns (the same files), in byte ranges."""
+    size = os.path.getsize(path)
+    if counters is not None or load is None or workers < 2 or size < _PARALLEL_BYTES:
+        with open(path, "rb") as fh:
+            return replay_lines(fh, rs, counters)
+    report = ReplayReport()
+    step = -(-size // (workers * 4))
+    ranges = [(str(path), start, min(start + step, size)) for start in range(0, size, step)]
+    offset = 0
+    # fork: a worker starts in milliseconds and builds its own engine ruleset (the parent's,
+    # inherited, is never used there); replay runs no threads that a fork could cut.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(load,)) as pool:
+        def rows():
+            nonlocal offset
+            for lines, records, skipped, digested, names in pool.map(_digest_range, ranges):
+                report.records += records
+                report.skipped.extend(f"{int(n) + offset}: {why}" for n, why in skipped)
+                report.attributes.update(names)
+                for row in digested:
+                    yield (row[0] + offset,) + row[1:]
+                offset += lines
+        _link(rows(), report)
+    report.skipped.sort(key=lambda why: int(why.split(":", 1)[0]))   # as one pass lists them
+    return report
+
+
+_PARALLEL_BYTES = 64 << 20   # below ~70,000 records, starting the workers costs more than it saves
+_worker_rules: RuleSet | None = None
+
+
+def _start_worker(load) -> None:
+    global _worker_rules
+    _worker_rules = load()
+
+
+def _digest_range(task):
+    """(lines read, records, [(line, why)], rows, attribute names) of the lines starting in
+    [start, end) of the file; line numbers count from the range's first line."""
+    path, start, end = task
+    skipped: list[str] = []
+    names: set = set()
+    with open(path, "rb") as fh:
+        fh.seek(max(start - 1, 0))
+        if start:
+            fh.readline()   # the end of the line the previous range owns
+        lines = []
+        while fh.tell() < end:
+            line = fh.readline()
+            if not line:
+                break
+            lines.append(line)
+    records = []
+    rows = [digest(n, record, _worker_rules, names) for n, record in _records(lines, skipped, records)]
+    return (len(lines), len(records), [tuple(s.split(": ", 1)) for s in skipped], rows, names)
+
+
+def digest(n: int, record: dict, rs: RuleSet, names: set, counters=None) -> tuple:
+    """One record as replay links it, decided under `rs`: a flat tuple (cheap between
+    processes). Its last member is why it cannot be decided (None when it was)."""
+    ts = record.get("ts")
+    ts = float(ts) if _number(ts) else None
+    event, request_id = record.get("event_id"), record.get("request_id")
+    before = logged_action(record)
+    route, features = record.get("route"), record.get("features")
+    after, why = None, None
+    if before is None or not isinstance(route, str) or not isinstance(features, dict):
+        why = "no decision, route or features"
+    else:
+        if counters is not None:
+            features = counters.features(record)
+        try:
+            after = rs.decide(features, route)
+        except ValueError as e:
+            why = str(e)
+        else:
+            names.update(features)
+            if counters is not None:
+                counters.settle(record, after)
+    transaction = record.get("transaction")
+    amount = transaction.get("amount") if isinstance(transaction, dict) else None
+    score = record.get("score")
+    return (n, ts, event if isinstance(event, str) else None,
+            request_id if isinstance(request_id, str) else None, record.get("user_id"),
+            float(amount) if _number(amount) else None, route, before,
+            tuple(h["id"] for h in record.get("rules") or ()
+                  if isinstance(h, dict) and isinstance(h.get("id"), str)),
+            score if _number(score) else None, record.get("decision"), record.get("error"),
+            str(record.get("rules_version", "?")),
+            after.action if after else None, tuple(h.rule for h in after.hits) if after else (),
+            after.score if after else 0.0, why)
+
+
+def _link(rows, report: ReplayReport) -> None:
+    """Group digested records into transactions: a record whose event is open follows it."""
+    open_events: dict[str, Transaction] = {}
+    for (n, ts, event, request_id, user_id, amount, route, before, before_hits, score, decision,
+         error, version, after, after_hits, after_score, why) in rows:
+        if ts is not None:
+            report.first_ts = ts if report.first_ts is None else min(report.first_ts, ts)
+            report.last_ts = ts if report.last_ts is None else max(report.last_ts, ts)
+        tx = open_events.get(event) if event is not None else None
+        if tx is not None:
+            _follow(tx, request_id, decision, error, ts, report)
+            continue
+        if why is not None:
+            report.skipped.append(f"{n}: {why}")
+            continue
+        tx = Transaction(
+            line=n, ts=ts, request_ids=[request_id] if request_id else [], user_id=user_id,
+            amount=amount, route=route, before=before, before_hits=before_hits,
+            before_score=score, after=after, after_hits=after_hits, after_score=after_score,
+            stepped_up=decision == "step_up", last_ts=ts)
+        if tx.stepped_up and error in _FAILED:
+            tx.ended = "failed"   # locked, or nothing enrolled: no challenge to answer
+        report.transactions.append(tx)
+        report.versions[version] += 1
+        if request_id:
+            report.by_request[request_id] = tx
+        if event is not None:
+            open_events[event] = tx
+
+
+def _records(lines, skipped: list[str], kept: list[int]):
+    """(line number, record) of every JSON object line; the others go to `skipped`.
+    ``kept`` gets the number of every non-blank line, to count them."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            record, why = None, f"not JSON ({str(e).split(':')[0]})"
+        else:
+            why = None if isinstance(record, dict) else "not a JSON object"
+        if why is None and record.get("type") == "audit":
+            continue   # a credential change the gateway logs beside its decisions: no record
+        kept.append(n)
+        if why is not None:
+            skipped.append(f"{n}: {why}")
+            continue
+        yield n, record
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def unread_attributes(report: ReplayReport, rs: RuleSet) -> dict[str, list[str]]:
+    """rule id -> the attributes it reads that no replayed record carries (route aside)."""
+    missing = {}
+    for rule in rs.rules:
+        absent = sorted(expr_attrs(rule.expr) - report.attributes - {"route"})
+        if absent:
+            missing[rule.id] = absent
+    return missing
+
+
+def _follow(tx: Transaction, request_id: str | None, decision, error, ts: float | None,
+            report: ReplayReport) -> None:
+    """A later record of the same transaction: an answer to its challenge."""
+    if request_id:
+        tx.request_ids.append(request_id)
+        report.by_request[request_id] = tx
+    if ts is not None:
+        tx.last_ts = ts
+    tx.answered = True
+    if tx.ended == "passed":
+        return
+    if decision in ("allow", "review"):
+        tx.ended = "passed"
+    elif decision == "deny" or error in _FAILED:
+        tx.ended = "failed"

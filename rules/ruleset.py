@@ -10,6 +10,8 @@ from rules.engine import MAX_NUMBER, CompiledRules, number_text, to_json
 from rules.compiler import key
 
 MAX_STRING = 65536
+_SHORT = 4096               # strings this short skip the length check of MAX_STRING
+_EXACT_INT = 2 ** 53        # = MAX_NUMBER: f"{n}.0" is then repr(float(n)), without exponent
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,17 @@ class RuleSet:
 
 def _encode(name: str, value, kind: str | None) -> str:
     """Type-check one attribute value against its kind and encode it for the engine."""
+    # The common cases first, exactly as below but without the checks they cannot fail
+    # (every attribute of every request and replayed record passes here): a float whose
+    # repr has no exponent, an int within the exact range, a short string.
+    t = type(value)
+    if t is float and kind != "string" and kind != "boolean" and (
+            1e-4 <= abs(value) < 1e15 or value == 0):
+        return repr(value)
+    if t is int and kind != "string" and kind != "boolean" and -_EXACT_INT <= value <= _EXACT_INT:
+        return f"{value}.0"
+    if t is str and kind != "number" and kind != "boolean" and len(value) <= _SHORT and "\x00" not in value:
+        return to_json(value)
     if isinstance(value, bool):
         if kind not in (None, "boolean"):
             raise ValueError(f"attribute {name!r}: expected a {kind}, got a boolean")

@@ -134,16 +134,28 @@ def test_replay_reports_changes_and_hits(write, tmp_path):
     code, out, err = run(replay, log, d)
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].startswith("replayed 5 of 6 records (logged rules old (4), ? (1) -> candidate ")
+    assert lines[0].startswith("replayed 5 transactions from 6 records (logged rules old (4), ? (1) -> candidate ")
     assert "  skipped line 6: not JSON" in out
     assert "3 decisions change" in out
     table = {tuple(line.split()) for line in lines}
+    hits = {tuple(line.split()[:4]) for line in lines}
     assert ("allow", "deny", "1") in table and ("require_otp", "allow", "1") in table
     assert ("step_up", "allow", "1") in table
-    assert ("VEL-001", "1", "2", "+1") in table and ("OLD-1", "1", "0", "-1") in table
-    assert ("GEO-002", "0", "1", "+1") in table
+    assert ("VEL-001", "1", "2", "+1") in hits and ("OLD-1", "1", "0", "-1") in hits
+    assert ("GEO-002", "0", "1", "+1") in hits
 
 
 def test_replay_missing_log(write, tmp_path):
     code, _, err = run(replay, tmp_path / "missing.jsonl", write(r__yaml=RULES))
     assert code == 1 and "missing.jsonl" in err
+
+
+def test_explain_names_the_threshold_a_score_reached(write):
+    from rules.explain import reason
+    d = write(r__yaml="rules:\n  - {id: A, when: amount > 1, score: 40}\n  - {id: B, when: amount > 2, score: 40}\n"
+                      "  - {id: C, when: amount > 3, score: 90, mode: shadow}\n")
+    with load_rules(d) as rs:
+        decision = rs.decide({"amount": 5}, "payments")
+        assert reason(decision, rs.thresholds) == "score 80 (A +40, B +40) reached the require_otp threshold 70"
+        assert reason(rs.decide({"amount": 1.5}, "payments"), rs.thresholds) == (
+            "no enforced rule action; score 40 below every threshold (review 50, require_otp 70, deny 100)")
