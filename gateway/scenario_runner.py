@@ -27,7 +27,7 @@ from gateway.record import Recorder
 from gateway.routing import Route, Router
 from gateway.velocity import Velocity
 from rules.ruleset import RuleSet
-from rules.ruletests import route_of
+from rules.ruletests import decision_failures, route_of
 from rules.scenarios import Scenario, Step
 from state.memory import MemoryBackend
 
@@ -257,17 +257,7 @@ def _check(step: Step, result: Result) -> list[str]:
         return [result.error]
     decision = result.first
     matched = [h.rule for h in decision.hits]
-    failures = []
-    if step.action is not None and decision.action != step.action:
-        failures.append(f"expected action {step.action}, got {decision.action}")
-    absent = [r for r in step.rules if r not in matched]
-    if absent:
-        failures.append(f"expected rules to match: {', '.join(absent)}")
-    extra = [r for r in step.not_rules if r in matched]
-    if extra:
-        failures.append(f"expected rules not to match: {', '.join(extra)}")
-    if step.score is not None and abs(decision.score - float(step.score)) > 1e-9:
-        failures.append(f"expected score {step.score}, got {decision.score:g}")
+    failures = decision_failures(step, decision)
     if step.outcome is not None and result.outcome != step.outcome:
         failures.append(f"expected outcome {step.outcome}, got {result.outcome}")
     if step.tier is not None and result.tier != step.tier:

@@ -117,18 +117,26 @@ def run_case(case: Case, rs: RuleSet) -> list[str]:
         decision = rs.decide(case.attrs, case_route(case, rs))
     except ValueError as e:
         return [f"transaction refused: {e}"]
+    failures = decision_failures(case, decision)
+    if failures:
+        failures.append(f"matched: {', '.join(h.rule for h in decision.hits) or '(none)'}; "
+                        f"action {decision.action}, score {decision.score:g}")
+    return failures
+
+
+def decision_failures(expected, decision) -> list[str]:
+    """What of ``expected``'s action, rules, not_rules and score the decision missed (a case,
+    or a scenario step)."""
     matched = [h.rule for h in decision.hits]
     failures = []
-    if case.action is not None and decision.action != case.action:
-        failures.append(f"expected action {case.action}, got {decision.action}")
-    absent = [r for r in case.rules if r not in matched]
+    if expected.action is not None and decision.action != expected.action:
+        failures.append(f"expected action {expected.action}, got {decision.action}")
+    absent = [r for r in expected.rules if r not in matched]
     if absent:
         failures.append(f"expected rules to match: {', '.join(absent)}")
-    extra = [r for r in case.not_rules if r in matched]
+    extra = [r for r in expected.not_rules if r in matched]
     if extra:
         failures.append(f"expected rules not to match: {', '.join(extra)}")
-    if case.score is not None and abs(decision.score - float(case.score)) > 1e-9:
-        failures.append(f"expected score {case.score}, got {decision.score:g}")
-    if failures:
-        failures.append(f"matched: {', '.join(matched) or '(none)'}; action {decision.action}, score {decision.score:g}")
+    if expected.score is not None and abs(decision.score - float(expected.score)) > 1e-9:
+        failures.append(f"expected score {expected.score}, got {decision.score:g}")
     return failures
