@@ -27,7 +27,8 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import ConnectionPool
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import (AskError, ClusterDownError, MovedError, NoScriptError,
-                              ResponseError, TryAgainError)
+                              RedisError, ResponseError, TryAgainError)
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from state import velocity_script
 from state.ops import UNDO, Batch, NUMBER, Op, PROVISIONAL, Trip
@@ -56,7 +57,7 @@ class NodeLane(DirectLane):
                 elif await conn.can_read():
                     await conn.disconnect()
                     await conn.connect()
-            except OSError as exc:
+            except (OSError, RedisConnectionError) as exc:
                 raise Unreachable(type(exc).__name__) from None
             await conn.send_packed_command(packed, check_health=False)
             replies = []
@@ -103,7 +104,7 @@ class ClusterLane:
             for addr in [*self._nodes, *self._seeds]:
                 try:
                     ranges = await self._node(addr).execute("CLUSTER", "SLOTS")
-                except (OSError, ResponseError) as exc:
+                except (OSError, RedisError) as exc:
                     failure = exc
                     continue
                 slots: list = [None] * REDIS_CLUSTER_HASH_SLOTS
