@@ -275,7 +275,7 @@ http {{
     # ----- one measurement ----------------------------------------------------------------
     def requests_file(self, cfg: Config, count: int, tag: str) -> Path:
         path = self.tmp / f"{cfg.name}-{tag}.req"
-        signer = self.signer if cfg.signed else None
+        signer = (self.cluster_signer if cfg.cluster else self.signer) if cfg.signed else None
         signed.write(path, kind=cfg.kind, count=count, host=f"127.0.0.1:{cfg.port}",
                      signer=signer, run_tag=tag)
         if cfg.gateway is not None and cfg.kind == "payments" and cfg.signed:
@@ -336,6 +336,12 @@ http {{
                                 check=True, cwd=ROOT).stdout.strip().splitlines()[-1]
         self.signer = HmacSigner("bench", secret)
         full = self.start_gateway("full", c_full, 1)
+        # The cluster is a store of its own: the client is registered there too.
+        c_cluster = self.gateway_config("fullc", self.cluster_url, upstream, default, cluster=True)
+        secret = subprocess.run([TXGATE, "auth", "add-client", "bench", "--hmac", "--config",
+                                 str(c_cluster)], capture_output=True, text=True, env=self.env,
+                                check=True, cwd=ROOT).stdout.strip().splitlines()[-1]
+        self.cluster_signer = HmacSigner("bench", secret)
         configs = [Config("floor", "floor: nginx proxy_pass", floor, "payments", None, False),
                    Config("peer", "peer: bare aiohttp proxy", free_port(), "payments", None,
                           False)]
@@ -347,8 +353,7 @@ http {{
                               "accounts", full))
         configs.append(Config("full", "txgate full (default pack, 55 rules)", full.port,
                               "payments", full))
-        gc = self.start_gateway("fullc", self.gateway_config(
-            "fullc", self.cluster_url, upstream, default, cluster=True), 1)
+        gc = self.start_gateway("fullc", c_cluster, 1)
         configs.append(Config("fullc", "txgate full, 3-master cluster", gc.port, "payments", gc,
                               cluster=True))
         if not a.smoke:
