@@ -6,7 +6,8 @@ is read once (CLUSTER SLOTS) and read again only when a node says it is stale (M
 master cannot be reached, or when a call broke mid-way (a failover is the usual cause).
 
 A request's velocity scripts go out as ONE round: per node, one pipelined packet holding one
-EVALSHA per slot (claims in theirs, each entity in its own), all nodes at once.
+EVALSHA per slot (claims in theirs, each entity in its own), written to every node before any
+reply is read.
 
 Why one script per slot and not one per node: measured on Redis 7.0, a script declaring
 ``#!lua flags=allow-cross-slot-keys`` is still refused (CROSSSLOT) when its declared KEYS span
@@ -31,7 +32,7 @@ from redis.exceptions import (AskError, ClusterDownError, MovedError, NoScriptEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from state import velocity_script
-from state.ops import UNDO, Batch, NUMBER, Op, PROVISIONAL, Trip
+from state.ops import NUMBER, PROVISIONAL, UNDO, Batch, Op, Trip
 from state.redis_direct import DirectLane
 
 # A slot being moved answers TRYAGAIN while a multi-key call finds its keys split between
@@ -44,10 +45,12 @@ class Unreachable(ConnectionError):
 
 
 class NodeLane(DirectLane):
-    """``DirectLane`` plus pipelining: several commands in one write, their replies in order."""
+    """``DirectLane`` split in two: ``send`` several commands in one write, ``receive`` their
+    replies in order. A round sends to every node before it reads from any, so the nodes work
+    in parallel without a Task per node."""
 
-    async def pipeline(self, commands: Sequence[tuple]) -> list:
-        """Send every command at once; each reply is the answer or the ResponseError it was."""
+    async def send(self, commands: Sequence[tuple]):
+        """Write every command at once; returns the connection to ``receive`` from."""
         packed = b"".join(pack_command(command) for command in commands)
         conn = self._idle.pop() if self._idle else self._make()
         try:
@@ -60,8 +63,16 @@ class NodeLane(DirectLane):
             except (OSError, RedisConnectionError) as exc:
                 raise Unreachable(type(exc).__name__) from None
             await conn.send_packed_command(packed, check_health=False)
-            replies = []
-            for _ in commands:
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        return conn
+
+    async def receive(self, conn, count: int) -> list:
+        """``count`` replies, each the answer or the ResponseError it was."""
+        replies = []
+        try:
+            for _ in range(count):
                 try:
                     replies.append(await conn.read_response())
                 except ResponseError as error:
@@ -174,10 +185,9 @@ class ClusterLane:
             for i in pending:
                 addr = asking.get(i) or moved.get(i) or await self._owner(calls[i][0])
                 per_node.setdefault(addr, []).append(i)
-            answers = await asyncio.gather(
-                *(self._send(addr, [calls[i][1] for i in indices],
-                             [i in asking for i in indices])
-                  for addr, indices in per_node.items()), return_exceptions=True)
+            answers = await self._exchange(
+                [(addr, [calls[i][1] for i in indices], [i in asking for i in indices])
+                 for addr, indices in per_node.items()])
             pending, stale, wait = [], False, False
             for (addr, indices), answer in zip(per_node.items(), answers):
                 if isinstance(answer, Unreachable):
@@ -210,25 +220,47 @@ class ClusterLane:
                 await asyncio.sleep(TRYAGAIN_PAUSE_S)
         return replies
 
-    async def _send(self, addr: tuple[str, int], commands: list[tuple],
-                    asking: list[bool]) -> list:
-        if not any(asking):
-            return await self._node(addr).pipeline(commands)
-        packed: list[tuple] = []
-        for command, ask in zip(commands, asking):
-            packed += [("ASKING",), command] if ask else [command]
-        replies = await self._node(addr).pipeline(packed)
-        answers, at = [], 0
-        for ask in asking:
-            at += 1 if ask else 0          # skip ASKING's "OK"
-            answers.append(replies[at])
-            at += 1
+    async def _exchange(self, packets: list[tuple[tuple[str, int], list[tuple], list[bool]]]
+                        ) -> list:
+        """Per node: its commands (ASKING before those flagged) sent before any node is read;
+        its replies in order, or the exception that broke it."""
+        sent, answers = [], []
+        for addr, commands, asking in packets:
+            packed: list[tuple] = []
+            for command, ask in zip(commands, asking):
+                packed += [("ASKING",), command] if ask else [command]
+            lane = self._node(addr)
+            try:
+                sent.append((lane, await lane.send(packed), asking))
+            except (OSError, RedisError) as exc:
+                sent.append((None, exc, asking))
+        try:
+            for lane, conn, asking in sent:
+                if lane is None:
+                    answers.append(conn)
+                    continue
+                try:
+                    replies = await lane.receive(conn, len(asking) + sum(asking))
+                except (OSError, RedisError) as exc:
+                    answers.append(exc)
+                    continue
+                # Drop ASKING's "OK".
+                answers.append([reply for reply, keep in zip(replies, _kept(asking)) if keep])
+        except BaseException:
+            for lane, conn, _ in sent[len(answers) + 1:]:
+                if lane is not None:      # sent, never read: out of step for good
+                    await conn.disconnect(nowait=True)
+            raise
         return answers
 
     async def close(self) -> None:
         nodes, self._nodes = self._nodes, {}
         for lane in nodes.values():
             await lane.close()
+
+
+def _kept(asking: list[bool]) -> list[bool]:
+    return [keep for ask in asking for keep in ((False, True) if ask else (True,))]
 
 
 async def trip(lane: ClusterLane, claims: Sequence[tuple[str, int]],
