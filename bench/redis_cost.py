@@ -1,10 +1,11 @@
-"""Redis CPU per payment, one redis-server against a 3-master cluster: the store's side of the
-capacity model in docs/operations-redis.md.
+"""CPU per payment of the state call, one redis-server against a 3-master cluster: Redis's
+side and the gateway's side of the capacity model in docs/operations-redis.md.
 
 Runs the shipped pack's counters the way a gateway does (one ``observe_once`` with the
-signature's two claims per payment, 64 in flight) and reads the servers' own CPU counters
-(``INFO cpu``, main thread and I/O together) before and after. The two stores are measured
-alternately, ``--reps`` times each.
+signature's two claims per payment, 64 in flight, a timeout generous enough that no call
+fails) and reads the servers' own CPU counters (``INFO cpu``, main thread and I/O together)
+and this process's CPU time before and after. The two stores are measured alternately,
+``--reps`` times each.
 
     python -m bench.redis_cost [--payments 4000] [--reps 3]
 """
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import random
 import statistics
+import time
 import types
 from decimal import Decimal
 
@@ -77,18 +79,22 @@ def main() -> int:
         stores = {"one redis-server": (single, False, [bench.procs[0].port]),
                   "3-master cluster": (clustered, True, [p.port for p in bench.procs[1:4]])}
         per_payment: dict[str, list[float]] = {name: [] for name in stores}
+        client: dict[str, list[float]] = {name: [] for name in stores}
         empty = {name: memory(ports) for name, (_, _, ports) in stores.items()}
         for rep in range(args.reps + 1):           # the first round warms the script caches
             for name, (url, cluster, ports) in stores.items():
-                before = cpu_s(ports)
+                before, ours = cpu_s(ports), time.process_time()
                 asyncio.run(payments(url, cluster, args.payments, f"r{rep}"))
                 if rep:
+                    client[name].append((time.process_time() - ours) * 1e6 / args.payments)
                     per_payment[name].append((cpu_s(ports) - before) * 1e6 / args.payments)
         users = (args.reps + 1) * max(1, args.payments // 10)
         for name, values in per_payment.items():
             grown = memory(stores[name][2]) - empty[name]
             print(f"{name}: Redis CPU {statistics.median(values):.0f} µs per payment "
-                  f"(runs: {', '.join(f'{v:.0f}' for v in values)}); memory "
+                  f"(runs: {', '.join(f'{v:.0f}' for v in values)}); client CPU "
+                  f"{statistics.median(client[name]):.0f} µs (runs: "
+                  f"{', '.join(f'{v:.0f}' for v in client[name])}); memory "
                   f"{grown / users:.0f} bytes per user with 10 payments each, claims and "
                   "markers included")
     finally:
