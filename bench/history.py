@@ -21,7 +21,7 @@ from rules import load_rules
 AGE_S = 40 * 86400
 
 
-def seed(redis_url: str, rules_dir, run_tag: str, users: int) -> int:
+def seed(redis_url: str, rules_dir, run_tag: str, users: int, cluster: bool = False) -> int:
     """Write the first-seen records of ``users`` customers of ``run_tag``; returns keys written."""
     kinds = {"amount": "number", "currency": "string", "user_id": "string", "payee": "string",
              "country": "string", "device_id": "string", "channel": "string"}
@@ -30,7 +30,7 @@ def seed(redis_url: str, rules_dir, run_tag: str, users: int) -> int:
     ruleset.close()
     plans = [p for p in plans if p.kind == FIRST_SEEN]
     then = str(int((time.time() - AGE_S) * 1000))
-    client = redis.Redis.from_url(redis_url)
+    client = (redis.RedisCluster if cluster else redis.Redis).from_url(redis_url)
     pipe = client.pipeline(transaction=False)
     written = 0
     for index in range(users):

@@ -9,8 +9,9 @@ machine hits every config alike; the median is reported):
     full      txgate, signed POSTs, default pack, redis counters, metrics + decision log
     full500   the same with the 500-rule pack
     full2w    the same as full with --workers 2
+    fullc     the same as full on a 3-master Redis Cluster (three redis-servers on this machine)
 
-Then the fixed-load test: the peer and txgate full at half the peer's median maximum, with the
+Then the fixed-load test: the peer, txgate full and txgate full on the cluster at half the peer's median maximum, with the
 constant-rate generator ``bench/loadgen.py`` (wrk2 is not packaged by Debian).
 
 The upstream is nginx answering static JSON. Results go to ``docs/performance.md`` between the
@@ -51,13 +52,26 @@ DOC = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Enough signed requests that no run exhausts its file (each is accepted once).
-MAX_RATE = {"pass": 6000, "full": 5000, "full500": 5000, "full2w": 6000}
+MAX_RATE = {"pass": 6000, "full": 5000, "full500": 5000, "full2w": 6000, "fullc": 5000}
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 < 65536:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + 10000))
+                    return port
+                except OSError:
+                    pass
 
 
 def wait_http(url: str, timeout: float = 20.0) -> None:
@@ -123,6 +137,7 @@ class Config:
     kind: str                 # "payments" or "accounts"
     gateway: Proc | None      # whose CPU is measured
     signed: bool = True
+    cluster: bool = False     # its counters live on the 3-master cluster
     runs: list[dict] = field(default_factory=list)
 
 
@@ -153,6 +168,38 @@ class Bench:
                 raise TimeoutError("redis-server did not start")
             time.sleep(0.05)
         return f"redis://127.0.0.1:{port}/0"
+
+    def start_cluster(self) -> str:
+        """Three cluster-enabled redis-servers joined into one cluster (no replicas)."""
+        ports = []
+        for i in range(3):
+            port = free_cluster_port()
+            directory = self.tmp / f"cluster-{i}"
+            directory.mkdir()
+            self.spawn(f"cluster-{i}", [
+                "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(directory), "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf"], port)
+            ports.append(port)
+        deadline = time.monotonic() + 20
+        for port in ports:
+            while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                 text=True).stdout.strip() != "PONG":
+                if time.monotonic() > deadline:
+                    raise TimeoutError("a cluster redis-server did not start")
+                time.sleep(0.05)
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *(f"127.0.0.1:{port}" for port in ports), "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        # Every node must agree on every slot's owner before a client maps them.
+        while any(len(json.loads(subprocess.run(
+                ["redis-cli", "-p", str(port), "--json", "cluster", "slots"],
+                capture_output=True, text=True).stdout or "[]")) != 3 for port in ports):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the cluster did not form")
+            time.sleep(0.1)
+        time.sleep(1)       # gossip settles the epochs
+        return f"redis://127.0.0.1:{ports[0]}/0"
 
     def start_nginx(self) -> tuple[int, int]:
         up, floor = free_port(), free_port()
@@ -192,7 +239,8 @@ http {{
         wait_http(f"http://127.0.0.1:{floor}/")
         return up, floor
 
-    def gateway_config(self, name: str, redis_url: str, upstream: str, rules: Path) -> Path:
+    def gateway_config(self, name: str, redis_url: str, upstream: str, rules: Path,
+                       cluster: bool = False) -> Path:
         port, admin = free_port(), free_port()
         # As the shipped configuration (examples/txgate.yaml): identities and codes normalized.
         tx = {"user_id": {"from": "json:$.user_id",
@@ -206,7 +254,7 @@ http {{
               "channel": {"from": "header:X-Channel", "required": False}}
         config = {
             "listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}",
-            "state": {"backend": "redis", "url": redis_url},
+            "state": {"backend": "redis", "url": redis_url, "cluster": cluster},
             "rules": {"path": str(rules), "reload": "off"},
             "decision_log": {"path": str(self.tmp / f"{name}-decisions.jsonl")},
             "routes": [
@@ -232,11 +280,12 @@ http {{
     # ----- one measurement ----------------------------------------------------------------
     def requests_file(self, cfg: Config, count: int, tag: str) -> Path:
         path = self.tmp / f"{cfg.name}-{tag}.req"
-        signer = self.signer if cfg.signed else None
+        signer = (self.cluster_signer if cfg.cluster else self.signer) if cfg.signed else None
         signed.write(path, kind=cfg.kind, count=count, host=f"127.0.0.1:{cfg.port}",
                      signer=signer, run_tag=tag)
         if cfg.gateway is not None and cfg.kind == "payments" and cfg.signed:
-            history.seed(self.redis_url, rulepack.DEFAULT, tag, signed.users_for(count))
+            history.seed(self.cluster_url if cfg.cluster else self.redis_url, rulepack.DEFAULT,
+                         tag, signed.users_for(count), cluster=cfg.cluster)
         return path
 
     def wrk(self, cfg: Config, rep: int) -> dict:
@@ -280,6 +329,7 @@ http {{
     def run(self) -> dict:
         a = self.args
         redis_url = self.redis_url = self.start_redis()
+        self.cluster_url = self.start_cluster()
         up, floor = self.start_nginx()
         upstream = f"http://127.0.0.1:{up}"
         r500 = self.tmp / "rules500"
@@ -292,6 +342,12 @@ http {{
                                 check=True, cwd=ROOT).stdout.strip().splitlines()[-1]
         self.signer = HmacSigner("bench", secret)
         full = self.start_gateway("full", c_full, 1)
+        # The cluster is a store of its own: the client is registered there too.
+        c_cluster = self.gateway_config("fullc", self.cluster_url, upstream, default, cluster=True)
+        secret = subprocess.run([TXGATE, "auth", "add-client", "bench", "--hmac", "--config",
+                                 str(c_cluster)], capture_output=True, text=True, env=self.env,
+                                check=True, cwd=ROOT).stdout.strip().splitlines()[-1]
+        self.cluster_signer = HmacSigner("bench", secret)
         configs = [Config("floor", "floor: nginx proxy_pass", floor, "payments", None, False),
                    Config("peer", "peer: bare aiohttp proxy", free_port(), "payments", None,
                           False)]
@@ -303,6 +359,9 @@ http {{
                               "accounts", full))
         configs.append(Config("full", "txgate full (default pack, 55 rules)", full.port,
                               "payments", full))
+        gc = self.start_gateway("fullc", c_cluster, 1)
+        configs.append(Config("fullc", "txgate full, 3-master cluster", gc.port, "payments", gc,
+                              cluster=True))
         if not a.smoke:
             g500 = self.start_gateway("full500", self.gateway_config(
                 "full500", redis_url, upstream, r500), 1)
@@ -323,11 +382,11 @@ http {{
                       f"cpu {result['cpu_us'] or 0:6.0f} µs/req  "
                       f"non-2xx {result['status_errors']}", flush=True)
 
-        peer_cfg, full_cfg = configs[1], configs[3]
+        peer_cfg, full_cfg, cluster_cfg = configs[1], configs[3], configs[4]
         rate = round(statistics.median(r["rps"] for r in peer_cfg.runs) / 2)
-        fixed = {"rate": rate, "peer": [], "full": []}
+        fixed = {"rate": rate, "peer": [], "full": [], "fullc": []}
         for rep in range(a.reps):
-            for cfg in (peer_cfg, full_cfg):
+            for cfg in (peer_cfg, full_cfg, cluster_cfg):
                 result = self.fixed(cfg, rate, rep)
                 fixed[cfg.name].append(result)
                 print(f"fixed {rate}/s rep {rep + 1} {cfg.name:5s} p50 "
@@ -425,15 +484,23 @@ def report(data: dict) -> str:
         "| config | achieved req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | errors |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, title in (("peer", "peer"), ("full", "txgate full")):
+    for name, title in (("peer", "peer"), ("full", "txgate full"),
+                        ("fullc", "txgate full, 3-master cluster")):
         runs = f[name]
         lines.append(f"| {title} | {med(r['rate'] for r in runs):,.0f} | "
                      f"{med(r['p50_us'] for r in runs) / 1000:.2f} | "
                      f"{med(r['p99_us'] for r in runs) / 1000:.2f} | "
                      f"{med(r['p999_us'] for r in runs) / 1000:.2f} | "
                      f"{sum(r['non_2xx'] for r in runs)} | {sum(r['errors'] for r in runs)} |")
+    cp99 = med(r["p99_us"] for r in f["fullc"])
+    single_cpu = med(r["cpu_us"] for r in configs["full"]["runs"])
+    cluster_cpu = med(r["cpu_us"] for r in configs["fullc"]["runs"])
     lines += ["", f"txgate full adds **{(tp50 - fp50) / 1000:.2f} ms** at p50 and "
-                  f"**{(tp99 - fp99) / 1000:.2f} ms** at p99 over the peer at this load."]
+                  f"**{(tp99 - fp99) / 1000:.2f} ms** at p99 over the peer at this load.",
+              "", f"On the 3-master cluster txgate full costs **×{cluster_cpu / single_cpu:.2f}** "
+                  f"the gateway CPU per request of one redis-server, and its p99 at the fixed "
+                  f"load is **{(cp99 - tp99) / 1000:+.2f} ms** from the single server's (the "
+                  "cluster's three servers share this machine's cores)."]
     return "\n".join(lines) + "\n"
 
 

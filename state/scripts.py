@@ -3,7 +3,9 @@
 A restart, a failover or SCRIPT FLUSH empties a node's cache: it answers NOSCRIPT, and EVAL
 both runs the script and caches it again on that node. ``client`` is anything with redis-py's
 ``evalsha``/``eval`` signature: the direct lane (``redis_direct``), a ``Redis`` or a
-``RedisCluster`` (which routes by the first key).
+``ClusterLane`` (which routes by the first key). The one exception: a cluster round
+(``redis_cluster.trip``) pipelines several EVALSHA per node, so it answers NOSCRIPT with EVAL
+itself, the same way.
 """
 
 from __future__ import annotations
