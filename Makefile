@@ -18,11 +18,24 @@ INSTALL_INPUTS := pyproject.toml setup.py $(wildcard vendor/*/src/*/*)
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test test-subset test-other-pythons system-deps bench bench-deps bench-micro bench-smoke pack-eval clean
+.PHONY: demo test test-subset test-other-pythons build-deps system-deps bench bench-deps bench-micro bench-smoke pack-eval clean
 
-$(PY):
+$(PY): | build-deps
 	$(PYTHON_EXE) -m venv --clear $(VENV)
 	$(PIP) install -q --upgrade pip
+
+# The rule engine is C, compiled at install (setup.py): a compiler and the interpreter's
+# headers, from Debian packages when missing (python3-dev serves Debian's own python3).
+build-deps:
+	@missing=""; \
+	command -v gcc >/dev/null || missing="$$missing build-essential"; \
+	[ -f "$$($(PYTHON_EXE) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] \
+	  || missing="$$missing python3-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 $(STAMP): $(INSTALL_INPUTS) | $(PY)
 	$(PIP) install -q -e .
