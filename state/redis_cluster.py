@@ -55,11 +55,7 @@ class NodeLane(DirectLane):
         conn = self._idle.pop() if self._idle else self._make()
         try:
             try:
-                if not conn.is_connected:
-                    await conn.connect()
-                elif await conn.can_read():
-                    await conn.disconnect()
-                    await conn.connect()
+                await self._connected(conn)
             except (OSError, RedisConnectionError) as exc:
                 raise Unreachable(type(exc).__name__) from None
             await conn.send_packed_command(packed, check_health=False)

@@ -30,18 +30,22 @@ class DirectLane:
         self._make = lambda: pool.connection_class(**kwargs)
         self._idle: list = []
 
+    async def _connected(self, conn) -> None:
+        """Make an idle or new connection ready to send on."""
+        if not conn.is_connected:
+            await conn.connect()
+        elif await conn.can_read():
+            # Data or EOF waiting on an idle connection: the server closed it (restart,
+            # timeout) or it is out of step. Start afresh, as redis-py's pool does.
+            await conn.disconnect()
+            await conn.connect()
+
     async def execute(self, *args: str | bytes | int) -> object:
         """Send one command and return its parsed answer; an error reply raises it."""
         packed = pack_command(args)
         conn = self._idle.pop() if self._idle else self._make()
         try:
-            if not conn.is_connected:
-                await conn.connect()
-            elif await conn.can_read():
-                # Data or EOF waiting on an idle connection: the server closed it (restart,
-                # timeout) or it is out of step. Start afresh, as redis-py's pool does.
-                await conn.disconnect()
-                await conn.connect()
+            await self._connected(conn)
             await conn.send_packed_command(packed, check_health=False)
             answer = await conn.read_response()
         except ResponseError:
