@@ -27,12 +27,3 @@ async def refused(velocity, attrs: dict, event_id: str) -> dict:
     await velocity.withdraw(observation)
     return observation.features
 
-
-def run_now(coro):
-    """Drive a coroutine that never suspends (memory backend) without an event loop."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise AssertionError("coroutine suspended: the memory backend must not await")

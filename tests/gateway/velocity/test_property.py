@@ -11,11 +11,11 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from state.memory import MemoryBackend
 from gateway.velocity import Velocity
 from state import memory as memory_executor
+from state.memory import MemoryBackend, run_sync
 from state.window import bucket_ms
-from tests.gateway.velocity.helpers import forwarded, run_now, spec
+from tests.gateway.velocity.helpers import forwarded, spec
 
 events = st.lists(
     st.tuples(
@@ -59,7 +59,7 @@ def test_windowed_counters_stay_within_one_bucket(window_s, start, stream):
         else:
             # A step-up repeat: same transaction, so the same attributes as the first time.
             _, user, amount, device, payee = seen[-1]
-        got = run_now(forwarded(v, {"user_id": user, "amount": amount, "device_id": device,
+        got = run_sync(forwarded(v, {"user_id": user, "amount": amount, "device_id": device,
                                     "payee": payee}, event_id))
 
         def total(since, value):
@@ -90,7 +90,7 @@ def test_distinct_saturates_at_the_cap(members, cap):
         for i, member in enumerate(members):
             clock.ms += 7
             distinct.add(member)
-            got = run_now(forwarded(v, {"device_id": "d", "user_id": member}, f"e{i}"))
+            got = run_sync(forwarded(v, {"device_id": "d", "user_id": member}, f"e{i}"))
             assert got["d"] == min(len(distinct), cap)
     finally:
         memory_executor.DISTINCT_CAP = original
