@@ -22,9 +22,8 @@ from pathlib import Path
 
 import yaml
 
-import rules as rules_package
+from rules import DEFAULT_PACK as DEFAULT
 
-DEFAULT = Path(rules_package.__file__).resolve().parent / "default"
 _TEMPLATES = (
     ("amount >= {a} and user_tx_24h > {n}", "score", 5),
     ("amount > {a} and currency == \"EUR\" and channel == \"web\"", "action", "review"),

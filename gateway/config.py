@@ -19,11 +19,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from auth.tiers import TIERS
-from rules import TYPE_KIND
+from rules import DEFAULT_PACK, TYPE_KIND
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-# The pack shipped inside the package: found wherever txgate is installed or run from.
-DEFAULT_RULES = str(Path(__file__).resolve().parent.parent / "rules" / "default")
+DEFAULT_RULES = str(DEFAULT_PACK)
 # The highest limits.max_amount: one such amount, in the counters' units of 1e-4, stays below
 # state.window.NUMBER_CAP (2**52), so every increment is exact.
 MAX_AMOUNT_LIMIT = 100_000_000_000

@@ -23,14 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
-import rules as rules_package
 from auth.keys import MasterKey
-from gateway.config import parse_config
+from gateway.config import DEFAULT_RULES, parse_config
 from gateway.demo.signer import HmacSigner
 from gateway.demo.upstream import demo_upstream
 from gateway.server import GatewayServer
 
-DEFAULT_RULES = Path(rules_package.__file__).resolve().parent / "default"
 # As examples/txgate.yaml: user ids compared case-insensitively, codes upper-cased.
 _TX = {"user_id": {"from": "json:$.user_id", "normalize": ["nfkc", "casefold", "strip", "ascii"]},
        "amount": "json:$.amount",
@@ -51,7 +49,7 @@ def demo_config(upstream: str, decision_log: str) -> dict:
 
     return {
         "listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0",
-        "rules": {"path": str(DEFAULT_RULES), "reload": "off"},
+        "rules": {"path": DEFAULT_RULES, "reload": "off"},
         "decision_log": {"path": decision_log},
         "routes": [
             route("payments", "/v1/payments"),
