@@ -29,10 +29,11 @@ class _Clock:
 class RecomputedCounters:
     """The hook `rules.replay.replay_lines` calls per record, in time order."""
 
-    def __init__(self, rs: RuleSet, challenge_ttl_s: int):
+    def __init__(self, rs: RuleSet, challenge_ttl_s: int, *, settle_s: float):
         self._clock = _Clock()
         # Events live as long as in the gateway (gateway.services): challenge_ttl_s + 60.
         self.velocity = Velocity(rs.counters, MemoryBackend(clock=self._clock),
+                                 settle_s=settle_s,
                                  event_ttl_s=challenge_ttl_s + 60)
         self._features = frozenset(c.feature for c in rs.counters)
         self._observation = None
@@ -66,6 +67,7 @@ class RecomputedCounters:
         if not ok:
             run_sync(self.velocity.withdraw(self._observation))
             return
+        self.velocity.confirm(self._observation)
         if self.velocity.allow_after_forward:
             run_sync(self.velocity.record_allowed(self._attrs, event))
         if tier != "client":   # the tier was proven by answering a challenge

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import platform
 import sys
@@ -185,13 +186,17 @@ def _rules(args) -> int:
         return commands.run_tests(_rules_dir(args, args.dir), attribute_types=types,
                                   scenario_runner=runner)
     from gateway.backtest import RecomputedCounters
+    from gateway.config import Config
+    from gateway.velocity import settle_window_s
     # The challenge lifetime tells an abandoned step-up from one still answerable.
-    ttl = config.auth.challenge_ttl_s if config is not None else 300
+    gateway = config or Config()
+    recompute = functools.partial(
+        RecomputedCounters, settle_s=settle_window_s(gateway.limits.upstream_timeout_s))
     return commands.replay(args.log, _rules_dir(args, args.rules), labels_path=args.labels,
                            skip_bad_labels=args.skip_bad_labels, mature_after_days=args.mature_after,
-                           as_of=args.as_of, challenge_ttl_s=ttl, changes=args.changes,
-                           json_out=args.json, recompute=RecomputedCounters if args.recompute else None,
-                           html_path=args.html)
+                           as_of=args.as_of, challenge_ttl_s=gateway.auth.challenge_ttl_s,
+                           changes=args.changes, json_out=args.json,
+                           recompute=recompute if args.recompute else None, html_path=args.html)
 
 
 def _auth(args) -> int:

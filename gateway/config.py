@@ -81,9 +81,13 @@ class CurrenciesConfig(_Strict):
         return value
 
 
+# Velocity (provisional first-seen marks) reads it too, when no config is at hand.
+UPSTREAM_TIMEOUT_S = 10.0
+
+
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(1_048_576, gt=0)
-    upstream_timeout_s: float = Field(10, gt=0)
+    upstream_timeout_s: float = Field(UPSTREAM_TIMEOUT_S, gt=0)
     # How long SIGTERM waits for in-flight requests before closing them.
     shutdown_grace_s: float = Field(30, ge=0)
     # The longest a client may take to send a request's headers, or its body once the headers

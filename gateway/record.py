@@ -93,8 +93,9 @@ class Recorder:
     async def settle(ex) -> None:
         """Make the ``on: allow`` counters agree with what became of the request.
 
-        Forwarded with a status below 400: the provisional counts stand; the kinds that cannot
-        be provisional are recorded now, and a step-up restarts the reset counters. Otherwise
+        Forwarded with a status below 400: the provisional counts stand, the provisional
+        first-seen marks are confirmed (with the next state call); the kinds that cannot be
+        provisional are recorded now, and a step-up restarts the reset counters. Otherwise
         the provisional counts are withdrawn. Awaited by the request, never fire-and-forget.
         """
         target, observation = ex.velocity, ex.observation
@@ -104,6 +105,7 @@ class Recorder:
             if not ex.forwarded or ex.upstream_status is None or ex.upstream_status >= 400:
                 await target.withdraw(observation)
                 return
+            target.confirm(observation)
             if target.allow_after_forward:
                 await target.record_allowed(ex.attrs, ex.event_id)
             if ex.stepped_up:

@@ -25,7 +25,7 @@ from gateway.features import builtins
 from gateway.rates import Rate, Rates, load_rates, money_attributes
 from gateway.record import Recorder
 from gateway.routing import Route, Router
-from gateway.velocity import Velocity
+from gateway.velocity import Velocity, settle_window_s
 from rules.ruleset import RuleSet
 from rules.ruletests import decision_failures, route_of
 from rules.scenarios import Scenario, Step
@@ -70,7 +70,9 @@ class ScenarioRunner:
     def __init__(self, config: Config | None = None):
         """Raises RatesError when the config's rates file does not load."""
         self._routes = {r.name: r for r in Router.of(config).routes} if config else None
-        currencies = (config or Config()).currencies
+        gateway = config or Config()
+        currencies = gateway.currencies
+        self._settle_s = settle_window_s(gateway.limits.upstream_timeout_s)
         self._base = currencies.base
         self._rates = load_rates(currencies.rates, currencies.base)
 
@@ -125,7 +127,8 @@ class ScenarioRunner:
             rates = Rates(self._base, {code: Rate(Decimal(repr(value)), datetime.date.min)
                                        for code, value in scenario.rates.items()})
         clock = _Clock(scenario.start)
-        velocity = Velocity(rs.counters, MemoryBackend(clock=clock), event_ttl_s=_EVENT_TTL_S)
+        velocity = Velocity(rs.counters, MemoryBackend(clock=clock),
+                            settle_s=self._settle_s, event_ttl_s=_EVENT_TTL_S)
         events = 0
         for step in scenario.steps:
             for i in range(step.repeat):

@@ -17,7 +17,7 @@ from gateway.routing import Router
 from gateway.rates import RateBook
 from gateway.rulebook import RuleBook
 from gateway.sides import LocalSide, SharedSide
-from gateway.velocity import Velocity
+from gateway.velocity import Velocity, settle_window_s
 from metrics.definitions import STEPUP, precreate
 from state import create_backend
 from state.memory import MemoryBackend
@@ -84,8 +84,10 @@ class Services:
         # An event is remembered only as long as its step-up repeat can still arrive: every
         # request leaves a marker, so this bounds the store's memory per request rate.
         ttl = self.config.auth.challenge_ttl_s + 60
-        return VelocityPair(Velocity(rules.counters, self.state, event_ttl_s=ttl),
-                            Velocity(rules.counters, self.local_state, event_ttl_s=ttl))
+        settle = settle_window_s(self.config.limits.upstream_timeout_s)
+        return VelocityPair(
+            Velocity(rules.counters, self.state, settle_s=settle, event_ttl_s=ttl),
+            Velocity(rules.counters, self.local_state, settle_s=settle, event_ttl_s=ttl))
 
     async def start(self) -> None:
         await self.state.start()

@@ -5,7 +5,7 @@ Python, run synchronously so that a call is atomic with respect to the event loo
 script is on Redis. Change the two together; the behaviour suite in tests/gateway/velocity runs
 against both and against a real cluster. Values live in the backend's own store: a dict
 bucket -> total for windowed numbers, a dict member -> last seen ms for distinct, an int for
-running totals and first-seen times.
+running totals and first-seen times (a string ``"<ms>:<token>"`` for a provisional mark).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import time
 from collections.abc import Sequence
 
 from state.base import StateBackend
-from state.ops import ABSENT, DISTINCT, FIRST_SEEN, NUMBER, PROVISIONAL, UNDO, Batch, Op, Trip
+from state.ops import (ABSENT, CONFIRM_FIRST, DISTINCT, FIRST_SEEN, NUMBER, PROVISIONAL,
+                       PROVISIONAL_FIRST, UNDO, UNDO_FIRST, Batch, Op, Trip)
 from state.window import DISTINCT_CAP, NUMBER_CAP, bucket_count
 
 
@@ -208,15 +209,36 @@ def _op(backend: MemoryBackend, op: Op, update: bool, now: int) -> int:
                     del members[member]
             backend._store(op.key, members, ttl_s)
         return len(members)
-    if op.kind == FIRST_SEEN:
-        first = current if isinstance(current, int) else None
+    if op.kind in (FIRST_SEEN, PROVISIONAL_FIRST):
+        provisional = op.kind == PROVISIONAL_FIRST
         if update:
-            first = now if first is None else first
-            backend._store(op.key, first, ttl_s)
+            if current is None:
+                current = f"{now}:{op.value}" if provisional else now
+            backend._store(op.key, current, ttl_s)
+        first = _first_seen(current, now, op.window_ms if provisional else 0)
         return ABSENT if first is None else now - first
+    if op.kind in (UNDO_FIRST, CONFIRM_FIRST):
+        # Only the request's own mark: another request may have replaced a withdrawn one.
+        if current == op.value and op.kind == UNDO_FIRST:
+            backend._values.pop(op.key, None)
+            backend._expiry.pop(op.key, None)
+        elif current == op.value:
+            backend._values[op.key] = int(op.value.split(":", 1)[0])   # its expiry stays
+        return 0
     backend._values.pop(op.key, None)
     backend._expiry.pop(op.key, None)
     return 0
+
+
+def _first_seen(mark: object, now: int, settle_ms: int) -> int | None:
+    """The first-seen time a mark says (an int, or a provisional "<ms>:<token>" that counts
+    once older than ``settle_ms``), or None."""
+    if isinstance(mark, int):
+        return mark
+    if not isinstance(mark, str):
+        return None
+    first = int(mark.split(":", 1)[0])
+    return first if now - first >= settle_ms else None
 
 
 def _number(backend: MemoryBackend, op: Op, update: bool, now: int) -> tuple[int, int]:

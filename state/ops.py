@@ -1,4 +1,5 @@
-"""The operations a velocity call sends to a state backend: plain data, no behaviour.
+"""The operations a velocity call sends to a state backend: plain data, and which update
+takes back which (``undo_of``).
 
 A backend executes them with the same semantics in Lua (``redis.py`` runs ``script.py``) or in
 Python (``memory.py``); ``window.py`` holds the numbers both share.
@@ -20,6 +21,15 @@ RESET = "x"       # delete the key (strong authentication restarts the counter)
 # the time of the original increment (so the same bucket is decremented).
 PROVISIONAL = "p"
 UNDO = "u"
+# An on: allow FIRST_SEEN applied in the round trip too: its mark is "<ms>:<token>" (value =
+# the request's token, window_ms = the settle window) and reads as absent until it is older
+# than the settle window, by when the request that set it was forwarded or has withdrawn it
+# with UNDO_FIRST (value = the exact mark: only that request's own mark is deleted).
+PROVISIONAL_FIRST = "q"
+UNDO_FIRST = "v"
+# Makes the exact provisional mark ``value`` a plain first-seen time, once its request was
+# forwarded (sent with a later state call: no round trip of its own).
+CONFIRM_FIRST = "c"
 
 ABSENT = -1
 
@@ -34,8 +44,8 @@ class Op(NamedTuple):
     key: str
     kind: str
     update: bool
-    value: int | str  # increment (NUMBER), member digest (DISTINCT), unused otherwise
-    window_ms: int    # 0 = no window (running total since the last reset)
+    value: int | str  # increment (NUMBER), member digest (DISTINCT), token or mark (*_FIRST)
+    window_ms: int    # 0 = no window (running total since the last reset); see the kinds
     bucket_ms: int    # bucket width of a windowed NUMBER, 0 otherwise
     ttl_ms: int       # expiry set on every write
 
@@ -73,3 +83,23 @@ class Trip:
     now_ms: int
     applied: tuple[bool, ...]
     results: tuple[tuple[int, ...], ...]
+
+
+def undo_of(op: Op, at_ms: int) -> Op | None:
+    """The operation that takes back an update applied at ``at_ms``, or None when it cannot be
+    (or need not be) taken back."""
+    if not op.update:
+        return None
+    if op.kind in (NUMBER, PROVISIONAL):
+        # window_ms holds the time of the increment, so its own bucket is decremented.
+        return Op(op.key, UNDO, True, -int(op.value), at_ms, op.bucket_ms, op.ttl_ms)
+    if op.kind == PROVISIONAL_FIRST:
+        return Op(op.key, UNDO_FIRST, True, f"{at_ms}:{op.value}", 0, 0, 0)
+    return None
+
+
+def confirm_of(op: Op, at_ms: int) -> Op | None:
+    """The operation that makes a provisional first-seen mark set at ``at_ms`` final, if any."""
+    if op.kind != PROVISIONAL_FIRST or not op.update:
+        return None
+    return Op(op.key, CONFIRM_FIRST, True, f"{at_ms}:{op.value}", 0, 0, 0)

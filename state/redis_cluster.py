@@ -32,7 +32,7 @@ from redis.exceptions import (AskError, ClusterDownError, MovedError, NoScriptEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from state import velocity_script
-from state.ops import NUMBER, PROVISIONAL, UNDO, Batch, Op, Trip
+from state.ops import Batch, Trip, undo_of
 from state.redis_direct import DirectLane
 
 # A slot being moved answers TRYAGAIN while a multi-key call finds its keys split between
@@ -320,9 +320,8 @@ async def _take_back(lane: ClusterLane, counted: list[tuple[list[Batch], Trip]])
         for batch, applied in zip(group, part.applied):
             if not applied:
                 continue
-            ops = tuple(Op(op.key, UNDO, True, -int(op.value), part.now_ms, op.bucket_ms,
-                           op.ttl_ms) for op in batch.ops
-                        if op.update and op.kind in (NUMBER, PROVISIONAL))
+            ops = tuple(undone for op in batch.ops
+                        if (undone := undo_of(op, part.now_ms)) is not None)
             if batch.marker is not None or ops:
                 undo.append(Batch(batch.marker, batch.marker_ttl_ms, ops, undo=True))
     if undo:

@@ -23,7 +23,9 @@ LUA = r"""
 --   kind, update ('1'/'0'), value, window ms, bucket ms, ttl ms.
 -- Kinds: 'n' number, 'p' number whose result leaves out its own increment (an on: allow
 --   counter applied provisionally), 'u' undo of a 'p' (value = minus the increment, the
---   window slot = the time it was applied), 'd' distinct, 'f' first_seen, 'x' reset.
+--   window slot = the time it was applied), 'd' distinct, 'f' first_seen, 'q' first_seen
+--   marked provisionally as '<now>:<value>' (window = the settle window), 'v' undo and 'c'
+--   confirmation of a 'q' (value = the exact mark), 'x' reset.
 -- Returns {1, now, then per batch: applied (1/0) and one integer per op}: a total (scaled sum
 -- or count), distinct members, first-seen age in ms (-1 when never seen), 0 for a reset/undo.
 -- A claim key that already exists returns {0, now} and writes nothing at all: a replayed
@@ -76,6 +78,19 @@ local function windowed(key, upd, inc, win, bucket, ttl)
   -- Pruning on read keeps the hash at about 60 fields whatever the traffic.
   if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
   return total, added
+end
+
+-- The first-seen time of a key, or nil. A provisional mark ('<ms>:<token>', set by an on:
+-- allow request not settled yet) counts only once older than `settle` ms: by then its request
+-- was forwarded, or has deleted the mark.
+local function first_seen(key, settle)
+  local v = redis.call('GET', key)
+  if not v then return nil end
+  local ms = string.match(v, '^(%d+):')
+  if not ms then return tonumber(v) end
+  ms = tonumber(ms)
+  if now - ms < settle then return nil end
+  return ms
 end
 
 local out = {1, now}
@@ -143,13 +158,25 @@ while a < #ARGV do
         redis.call('PEXPIRE', key, ttl)
       end
       out[i] = redis.call('ZCARD', key)
-    elseif kind == 'f' then
+    elseif kind == 'f' or kind == 'q' then
       if upd then
-        redis.call('SET', key, string.format('%d', now), 'NX')
+        local mark = string.format('%d', now)
+        if kind == 'q' then mark = mark .. ':' .. val end
+        redis.call('SET', key, mark, 'NX')
         redis.call('PEXPIRE', key, ttl)
       end
-      local first = redis.call('GET', key)
-      if first then out[i] = now - tonumber(first) else out[i] = -1 end
+      local first = first_seen(key, kind == 'q' and win or 0)
+      if first then out[i] = now - first else out[i] = -1 end
+    elseif kind == 'v' or kind == 'c' then
+      -- Only the request's own mark: another request may have replaced a withdrawn one.
+      if redis.call('GET', key) == val then
+        if kind == 'v' then
+          redis.call('DEL', key)
+        else
+          redis.call('SET', key, string.match(val, '^(%d+)'), 'KEEPTTL')
+        end
+      end
+      out[i] = 0
     else
       redis.call('DEL', key)
       out[i] = 0

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway.config import UPSTREAM_TIMEOUT_S
 from state.base import StateBackend
-from gateway.velocity.counters import PREFIX, CounterPlan, encode
-from state.ops import NUMBER, PROVISIONAL, UNDO, Batch, Op, Trip
+from gateway.velocity.counters import PREFIX, CounterPlan, encode, member_digest
+from state.base import StateError
+from state.ops import (FIRST_SEEN, NUMBER, PROVISIONAL, PROVISIONAL_FIRST, Batch, Op, Trip,
+                       confirm_of, undo_of)
 from state.window import EVENT_TTL_S
+
+
+log = logging.getLogger("txgate.velocity")
+# Confirmations ride on the next state call; an idle gateway sends them alone after this long.
+CONFIRM_IDLE_S = 1.0
+
+
+def settle_window_s(upstream_timeout_s: float) -> float:
+    """How long a provisional first-seen mark reads as absent: longer than any request takes
+    from its state round trip to being forwarded (its upstream answered) or withdrawn."""
+    return upstream_timeout_s + 5
 
 if TYPE_CHECKING:
     from rules import CounterSpec
@@ -33,21 +49,26 @@ class Observation:
 class Velocity:
     """Counters of one rule set over one state backend.
 
-    ``on: allow`` counters of count/sum kind are applied *provisionally* in the request's one
-    round trip (the rules still see the value without this request) and withdrawn if the
-    request ends up not forwarded; other ``on: allow`` kinds (distinct, first_seen) cannot be
-    undone exactly and are applied after forwarding by ``record_allowed``.
+    ``on: allow`` counters of count, sum and first_seen kind are applied *provisionally* in the
+    request's one round trip (the rules still see the value without this request) and
+    withdrawn if the request ends up not forwarded. A provisional first-seen mark reads as
+    absent until ``confirm`` makes it final — sent with this Velocity's next state call, so
+    without a round trip of its own — or, should the confirmation be lost, until it is older
+    than ``settle_s``, by when its request surely was forwarded or withdrew it
+    (``settle_window_s``). ``on: allow`` distinct counters cannot be undone exactly
+    and are applied after forwarding by ``record_allowed``: one more round trip.
 
     For the ``local`` failure policy, ``Velocity(counters, MemoryBackend())`` is a per-process
     fallback with the same semantics.
     """
 
     def __init__(self, counters: Sequence[CounterSpec], backend: StateBackend,
-                 *, event_ttl_s: int = EVENT_TTL_S):
+                 *, settle_s: float = settle_window_s(UPSTREAM_TIMEOUT_S),
+                 event_ttl_s: int = EVENT_TTL_S):
         self.backend = backend
         self._plans = [CounterPlan.of(spec) for spec in counters]
         self._provisional = frozenset(id(p) for p in self._plans
-                                      if p.spec.on == "allow" and p.kind == NUMBER)
+                                      if p.spec.on == "allow" and p.kind in (NUMBER, FIRST_SEEN))
         self._late = [p for p in self._plans
                       if p.spec.on == "allow" and id(p) not in self._provisional]
         self._resets = [plan for plan in self._plans if plan.spec.reset_on == "strong_auth"]
@@ -62,6 +83,10 @@ class Velocity:
                            for name, entries in groups.items()]
         # The event marker must outlive a step-up round trip (challenge_ttl_s, 300 s by default).
         self._event_ttl_ms = event_ttl_s * 1000
+        self._settle_ms = int(settle_s * 1000)
+        self._confirms: list[Op] = []
+        self._idle_flush: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task] = set()
 
     @property
     def allow_after_forward(self) -> bool:
@@ -78,6 +103,7 @@ class Velocity:
         then not forwarded, ``record_allowed`` if it is. Raises StateError.
         """
         event, allowed = f"e:{encode(event_id)}", f"a:{encode(event_id)}"
+        token = None
         members, batches, pending_index = [], [], []
         for name, tag_open, entries in self._observing:
             value = attrs.get(name)
@@ -89,7 +115,12 @@ class Velocity:
                 key = plan.key_under(base, attrs)
                 if key is None:
                     continue
-                if is_provisional:
+                if is_provisional and plan.kind == FIRST_SEEN:
+                    # The mark names this event, so that only its own withdrawal deletes it.
+                    token = token or member_digest(event_id)
+                    allow_ops.append((plan, Op(key, PROVISIONAL_FIRST, True, token,
+                                               self._settle_ms, 0, plan.ttl_ms)))
+                elif is_provisional:
                     allow_ops.append((plan, plan.op(key, attrs, True, PROVISIONAL)))
                 else:
                     now_ops.append((plan, plan.op(key, attrs, on_attempt)))
@@ -100,36 +131,82 @@ class Velocity:
                         pending_index.append(len(batches))
                     batches.append(Batch(f"{base}:{marker}", self._event_ttl_ms,
                                          tuple(op for _, op in ops)))
-        trip: Trip = await self.backend.trip(claims, batches)
+        # Earlier requests' confirmations go first, so that this request already reads them.
+        # Lost with a failed call: an unconfirmed mark counts once the settle window is over.
+        confirms = self._take_confirms()
+        trip: Trip = await self.backend.trip(claims, confirms + batches)
         if not trip.fresh:
+            self._confirms[:0] = [op for batch in confirms for op in batch.ops]   # nothing written
             return Observation(False, {})
+        skip = len(confirms)
         features: dict[str, int | float] = {}
-        for ops, values in zip(members, trip.results):
+        for ops, values in zip(members, trip.results[skip:]):
             for (plan, _), result in zip(ops, values):
                 value = plan.feature(result)
                 if value is not None:
                     features[plan.spec.feature] = value
-        pending = tuple(batches[i] for i in pending_index if trip.applied[i])
+        pending = tuple(batches[i] for i in pending_index if trip.applied[skip + i])
         return Observation(True, features, pending, trip.now_ms)
 
+    def confirm(self, observation: Observation) -> None:
+        """Make the provisional first-seen marks of a forwarded request final: queued for this
+        Velocity's next state call (no round trip of their own), or sent alone when none comes
+        within CONFIRM_IDLE_S."""
+        self._confirms += [op for batch in observation.pending for raw in batch.ops
+                           if (op := confirm_of(raw, observation.at_ms)) is not None]
+        if not self._confirms or self._idle_flush is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return   # driven without a loop (replays): the next call carries them
+        self._idle_flush = loop.call_later(CONFIRM_IDLE_S, self._flush_idle)
+
+    def _take_confirms(self) -> list[Batch]:
+        if not self._confirms:
+            return []
+        ops, self._confirms = self._confirms, []
+        if self._idle_flush is not None:
+            self._idle_flush.cancel()
+            self._idle_flush = None
+        by_tag: dict[str, list[Op]] = {}
+        for op in ops:
+            by_tag.setdefault(op.key[op.key.index("{"):op.key.index("}") + 1], []).append(op)
+        return [Batch(None, 0, tuple(group)) for group in by_tag.values()]
+
+    def _flush_idle(self) -> None:
+        self._idle_flush = None
+        task = asyncio.ensure_future(self._send_confirms())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _send_confirms(self) -> None:
+        confirms = self._take_confirms()
+        if not confirms:
+            return
+        try:
+            await self.backend.trip((), confirms)
+        except StateError as exc:
+            # Not retried: an unconfirmed mark counts anyway once the settle window is over.
+            log.warning("first-seen confirmations not sent: %s", exc)
+
     async def withdraw(self, observation: Observation) -> None:
-        """Take back the provisional ``on: allow`` increments of a request not forwarded.
+        """Take back the provisional ``on: allow`` updates of a request not forwarded.
 
         The allow marker is deleted too, so the step-up repeat of the same transaction can
         count it when it is forwarded. Raises StateError.
         """
         undo = []
         for batch in observation.pending:
-            ops = tuple(Op(op.key, UNDO, True, -int(op.value), observation.at_ms, op.bucket_ms,
-                           op.ttl_ms) for op in batch.ops if op.update)
+            ops = tuple(undone for op in batch.ops
+                        if (undone := undo_of(op, observation.at_ms)) is not None)
             undo.append(Batch(batch.marker, batch.marker_ttl_ms, ops, undo=True))
         if undo:
             await self.backend.trip((), undo)
 
     async def record_allowed(self, attrs: dict, event_id: str) -> None:
-        """Apply the ``on: allow`` updates that cannot be provisional (distinct, first_seen)
-        for a forwarded request, once per ``event_id``. The count/sum ones were already
-        applied by ``observe_once``.
+        """Apply the ``on: allow`` updates that cannot be provisional (distinct) for a forwarded
+        request, once per ``event_id``. The others were already applied by ``observe_once``.
         """
         groups: dict[str, list[tuple[CounterPlan, Op]]] = {}
         for plan in self._late:

@@ -152,3 +152,41 @@ def test_pass_through_is_one_call_and_a_denial_withdraws_in_a_second(gw, redis_s
     # A request that is not forwarded takes back its provisional on-allow counts: one more
     # call, on the refusal path only.
     assert seen == {"evalsha": 2}
+
+
+def test_the_shipped_pack_forwards_a_payment_in_one_evalsha(start_gateway, redis_server,
+                                                           upstream, tmp_path):
+    """The default pack's on: allow first_seen counters (payee, device, payee+amount) ride on
+    the one round trip as provisional marks: no second call after forwarding."""
+    from bench import history, signed
+    from rules import DEFAULT_PACK
+
+    fields = {"user_id": {"from": "json:$.user_id", "normalize": ["nfkc", "casefold"]},
+              "amount": "json:$.amount", "currency": "json:$.currency",
+              "payee": "json:$.payee.iban", "country": "json:$.payee.country",
+              "device_id": {"from": "header:X-Device-Id", "required": False},
+              "channel": {"from": "header:X-Channel", "required": False}}
+    gateway = start_gateway({
+        "state": {"backend": "redis", "url": redis_server.url},
+        "rules": {"path": str(DEFAULT_PACK), "reload": "off"},
+        "routes": [{"name": "payments", "match": {"path": "/pay", "methods": ["POST"]},
+                    "upstream": upstream.url, "transaction": fields}],
+    })
+    secret = gateway.admin_post("/admin/clients", {"id": "bench", "hmac": True}).json()["secret"]
+    client = SignedClient("bench", secret)
+    # Established customers: their device and usual payee first seen 40 days ago.
+    history.seed(redis_server.url, DEFAULT_PACK, "rt", 11)
+
+    def pay_usual(index: int):
+        who = signed.customer("rt", index)
+        return client.request("POST", f"{gateway.url}/pay", headers={
+            "X-Device-Id": who["device_id"], "X-Channel": "app"}, json={
+            "user_id": who["user_id"], "amount": 12.5, "currency": "EUR",
+            "payee": {"iban": who["payee"], "country": "DE"}})
+
+    assert pay_usual(10).status_code == 200           # fills the client-key cache
+    statuses = []
+    seen = measured(redis_server, lambda: statuses.extend(
+        pay_usual(i).status_code for i in range(10)))
+    assert statuses == [200] * 10
+    assert seen == {"evalsha": 10}

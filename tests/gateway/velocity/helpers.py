@@ -15,6 +15,7 @@ def spec(name, key, aggregate, field=None, window_s=None, reset_on=None, on="att
 async def forwarded(velocity, attrs: dict, event_id: str) -> dict:
     """A request forwarded upstream: its provisional counts stand, the late kinds are recorded."""
     observation = await velocity.observe_once(attrs, event_id, ())
+    velocity.confirm(observation)
     if velocity.allow_after_forward:
         await velocity.record_allowed(attrs, event_id)
     return observation.features

@@ -6,9 +6,11 @@ are 1 s and every wait is about a second or less.
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 from gateway.velocity import Velocity
+from gateway.velocity.core import CONFIRM_IDLE_S
 from tests.gateway.velocity.helpers import forwarded, refused, spec
 
 PAY = {"user_id": "alice", "amount": Decimal("10.10"), "payee": "DE02X", "device_id": "d1"}
@@ -75,6 +77,58 @@ def test_first_seen_age_and_absence(state_backends):
         assert later == {"user_payee_age_s": 1, "allowed_payee_age_s": 1}
         other = await forwarded(v, {**PAY, "payee": "FR76Y"}, "e3")
         assert other == {"user_payee_age_s": 0}
+    state_backends.run(scenario)
+
+
+def test_on_allow_first_seen_is_provisional_until_confirmed(state_backends):
+    """An on: allow first_seen rides on the request's one round trip as a provisional mark:
+    absent for everyone until its request is forwarded and the mark confirmed (with the next
+    state call), or, when a confirmation is lost, until the settle window has passed. A
+    withdrawal deletes only the withdrawing request's own mark."""
+    counters = [spec("payee", ["user_id", "payee"], "first_seen", on="allow")]
+
+    async def scenario(b):
+        v = Velocity(counters, b, settle_s=0.5)
+        # Two payments in flight at once to a new payee: both see it as new.
+        first = await v.observe_once(PAY, "a1", ())
+        assert first.features == (await v.observe_once(PAY, "a2", ())).features == {}
+        # The first is forwarded: its confirmation travels first in the next call.
+        v.confirm(first)
+        assert (await forwarded(v, PAY, "a3"))["payee_age_s"] == 0
+        # A confirmation that never came (a gateway that died): counted after the window.
+        other = {**PAY, "payee": "FR76Y"}
+        await v.observe_once(other, "b1", ())
+        assert (await v.observe_once(other, "b2", ())).features == {}
+        await state_backends.wait(0.6)
+        assert (await v.observe_once(other, "b3", ())).features["payee_age_s"] == 0
+        # A refused payment's mark is gone at once: it never makes its payee known...
+        third = {**PAY, "payee": "NL91Z"}
+        refused_first = await v.observe_once(third, "c1", ())
+        await v.withdraw(refused_first)
+        assert await forwarded(v, third, "c2") == {}
+        # ...and a withdrawal deletes only its own mark, not c2's.
+        await v.withdraw(refused_first)
+        assert (await forwarded(v, third, "c3"))["payee_age_s"] == 0
+        # Refused while a payment of the same payee that found its mark was forwarded: both
+        # marks are gone, the payee is new again (the cautious side).
+        fourth = {**PAY, "payee": "IT60W"}
+        d1 = await v.observe_once(fourth, "d1", ())
+        v.confirm(await v.observe_once(fourth, "d2", ()))
+        await v.withdraw(d1)
+        assert await forwarded(v, fourth, "d3") == {}
+    state_backends.run(scenario)
+
+
+def test_an_idle_gateway_sends_its_confirmations_alone(state_backends):
+    counters = [spec("payee", ["user_id", "payee"], "first_seen", on="allow")]
+
+    async def scenario(b):
+        mine = Velocity(counters, b, settle_s=3600)
+        other_gateway = Velocity(counters, b, settle_s=3600)
+        mine.confirm(await mine.observe_once(PAY, "e1", ()))
+        assert (await other_gateway.observe_once(PAY, "e2", ())).features == {}
+        await asyncio.sleep(CONFIRM_IDLE_S + 0.3)   # no further call on `mine`: sent alone
+        assert "payee_age_s" in (await other_gateway.observe_once(PAY, "e3", ())).features
     state_backends.run(scenario)
 
 
