@@ -16,12 +16,12 @@ from state.base import StateBackend, StateError
 from state.health import Health
 from state.ops import Batch, Trip
 from state.redis_cluster import ClusterLane
-from state.redis_direct import DirectLane
+from state.redis_pipelined import PipelinedLane
 from state.scripts import ADVANCE, HREPLACE, INCR, Script
 
 T = TypeVar("T")
 
-# In all (every node of a cluster together); more concurrent calls wait for a free one.
+# Calls in flight, in all (every node of a cluster together); more wait for a free slot.
 MAX_CONNECTIONS = 64
 
 
@@ -52,8 +52,11 @@ class RedisBackend(StateBackend):
         self._client = Redis.from_url(url, **options)
         # A burst queues for a connection (for at most timeout_ms): calls take a slot first.
         self._slots = asyncio.Semaphore(max_connections)
-        # Every call skips redis-py's generic command path (see redis_direct).
-        self._lane = ClusterLane(self._client) if cluster else DirectLane(self._client)
+        # Every call skips redis-py's generic command path (see redis_direct); on a single
+        # server all of them share one auto-pipelined connection (redis_pipelined). A server
+        # silent for several timeouts while calls wait gets a fresh connection.
+        self._lane = (ClusterLane(self._client) if cluster
+                      else PipelinedLane(self._client, stall_s=max(1.0, 5 * timeout)))
         self._health = Health("redis cluster" if cluster else "redis")
 
     async def _direct(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:

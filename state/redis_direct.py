@@ -1,4 +1,6 @@
-"""The request path's Redis calls, sent on connections of our own, packed by hiredis.
+"""Redis calls sent on connections of our own, one call per connection at a time, packed by
+hiredis: the cluster's per-master lanes build on it (``redis_cluster.NodeLane``); a single
+server shares one auto-pipelined connection instead (``redis_pipelined``).
 
 redis-py's ``execute_command`` costs far more CPU than the network round trip for the velocity
 script: its pure-Python ``pack_command`` encodes each of ~120 arguments one by one, and every
