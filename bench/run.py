@@ -88,6 +88,22 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
     raise TimeoutError(f"{url} did not answer")
 
 
+def tree_syscalls(pid: int) -> int:
+    """Read and write syscalls (``/proc/PID/io`` syscr + syscw) of ``pid`` and every live
+    descendant: what auto-pipelining and batching save shows here first."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            io = dict(line.split(": ") for line in Path(f"/proc/{p}/io").read_text().splitlines())
+            total += int(io["syscr"]) + int(io["syscw"])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+
 def tree_cpu_s(pid: int) -> float:
     """utime+stime of ``pid`` and every live descendant, plus their reaped children (s)."""
     total, stack = 0.0, [pid]
@@ -300,17 +316,20 @@ http {{
                "WRAP": "0" if cfg.signed else "1"}
         before_mix = decisions(cfg.gateway.admin) if cfg.gateway and cfg.gateway.admin else {}
         cpu0 = tree_cpu_s(cfg.gateway.popen.pid) if cfg.gateway else 0.0
+        sys0 = tree_syscalls(cfg.gateway.popen.pid) if cfg.gateway else 0
         out = subprocess.run(["wrk", "-t1", f"-c{self.args.connections}", f"-d{duration}s",
                               "--latency", "-s", str(ROOT / "bench" / "replay.lua"),
                               f"http://127.0.0.1:{cfg.port}/"],
                              capture_output=True, text=True, env=env, timeout=duration + 60)
         cpu1 = tree_cpu_s(cfg.gateway.popen.pid) if cfg.gateway else 0.0
+        sys1 = tree_syscalls(cfg.gateway.popen.pid) if cfg.gateway else 0
         line = next((l for l in out.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
         if line is None:
             raise RuntimeError(f"wrk failed for {cfg.name}:\n{out.stdout}\n{out.stderr}")
         r = json.loads(line.removeprefix("BENCH_JSON "))
         r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
         r["cpu_us"] = (cpu1 - cpu0) * 1e6 / r["requests"] if cfg.gateway else None
+        r["syscalls"] = (sys1 - sys0) / r["requests"] if cfg.gateway else None
         if cfg.gateway and cfg.gateway.admin:
             after = decisions(cfg.gateway.admin)
             r["mix"] = {k: after.get(k, 0) - before_mix.get(k, 0) for k in after
@@ -387,17 +406,24 @@ http {{
                       f"non-2xx {result['status_errors']}", flush=True)
 
         peer_cfg, full_cfg, cluster_cfg = configs[1], configs[3], configs[4]
+        # Two fixed loads: half the peer's maximum (a capacity figure: txgate full cannot
+        # serve it) and half txgate full's own maximum (its latency where it has headroom).
         rate = round(statistics.median(r["rps"] for r in peer_cfg.runs) / 2)
+        own = round(statistics.median(r["rps"] for r in full_cfg.runs) / 2)
         fixed = {"rate": rate, "peer": [], "full": [], "fullc": []}
+        fixed_own = {"rate": own, "peer": [], "full": []}
         for rep in range(a.reps):
-            for cfg in (peer_cfg, full_cfg, cluster_cfg):
-                result = self.fixed(cfg, rate, rep)
-                fixed[cfg.name].append(result)
-                print(f"fixed {rate}/s rep {rep + 1} {cfg.name:5s} p50 "
-                      f"{result['p50_us'] / 1000:.2f} ms p99 {result['p99_us'] / 1000:.2f} ms "
-                      f"non-2xx {result['non_2xx']} errors {result['errors']}", flush=True)
+            for table, cfgs in ((fixed, (peer_cfg, full_cfg, cluster_cfg)),
+                                (fixed_own, (peer_cfg, full_cfg))):
+                for cfg in cfgs:
+                    result = self.fixed(cfg, table["rate"], rep)
+                    table[cfg.name].append(result)
+                    print(f"fixed {table['rate']}/s rep {rep + 1} {cfg.name:5s} p50 "
+                          f"{result['p50_us'] / 1000:.2f} ms p99 {result['p99_us'] / 1000:.2f} ms "
+                          f"non-2xx {result['non_2xx']} errors {result['errors']}", flush=True)
         return {"configs": [{"name": c.name, "title": c.title, "runs": c.runs} for c in configs],
-                "fixed": fixed, "machine": machine(), "command": self.command(),
+                "fixed": fixed, "fixed_own": fixed_own, "machine": machine(),
+                "command": self.command(),
                 "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
     def wrk_warm(self, cfg: Config) -> None:
@@ -452,11 +478,11 @@ def report(data: dict) -> str:
         "",
         f"Median of {reps} runs per config, runs interleaved; wrk -t1 -c64, loopback. "
         "CPU µs/req is utime+stime of the proxy's process tree over the run (the load generator, "
-        "nginx and redis excluded).",
+        "nginx and redis excluded); syscalls/req its read and write syscalls (/proc/PID/io).",
         "",
         "| config | req/s | × peer | p50 ms | p99 ms | p99.9 ms | CPU µs/req | × peer CPU "
-        "| non-2xx | decision mix |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| syscalls/req | non-2xx | decision mix |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in data["configs"]:
         runs = c["runs"]
@@ -475,6 +501,8 @@ def report(data: dict) -> str:
             f"{med(r['p50_us'] for r in runs) / 1000:.2f} | {med(r['p99_us'] for r in runs) / 1000:.2f} | "
             f"{med(r['p999_us'] for r in runs) / 1000:.2f} | "
             + (f"{cpu:.0f} | {cpu / peer_cpu:.2f}" if cpu == cpu else "– | –")
+            + (f" | {calls:.2f}" if (calls := med(r.get("syscalls") for r in runs)) == calls
+               else " | –")
             + f" | {non2xx} of {total}{exhausted} | {mix_text} |")
     f = data["fixed"]
     fp50, fp99 = med(r["p50_us"] for r in f["peer"]), med(r["p99_us"] for r in f["peer"])
@@ -505,6 +533,25 @@ def report(data: dict) -> str:
                   f"the gateway CPU per request of one redis-server, and its p99 at the fixed "
                   f"load is **{(cp99 - tp99) / 1000:+.2f} ms** from the single server's (the "
                   "cluster's three servers share this machine's cores)."]
+    o = data["fixed_own"]
+    lines += [
+        "",
+        f"**Latency at half txgate full's own median maximum**, {o['rate']:,} req/s, the same "
+        f"way, median of {reps} runs:",
+        "",
+        "| config | achieved req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, title in (("peer", "peer"), ("full", "txgate full")):
+        runs = o[name]
+        lines.append(f"| {title} | {med(r['rate'] for r in runs):,.0f} | "
+                     f"{med(r['p50_us'] for r in runs) / 1000:.2f} | "
+                     f"{med(r['p99_us'] for r in runs) / 1000:.2f} | "
+                     f"{med(r['p999_us'] for r in runs) / 1000:.2f} | "
+                     f"{sum(r['non_2xx'] for r in runs)} | {sum(r['errors'] for r in runs)} |")
+    op99 = med(r["p99_us"] for r in o["full"]) - med(r["p99_us"] for r in o["peer"])
+    lines += ["", f"At this load txgate full's p99 is **{op99 / 1000:+.2f} ms** from the peer's "
+                  "(issue 11's target: at most +5 ms)."]
     return "\n".join(lines) + "\n"
 
 
