@@ -19,6 +19,7 @@ from tests.rules.conftest import fired
     ({"flag": 1}, "expected a boolean, got a number"),
     ({"s": "a\x00b"}, "NUL"),
     ({"s": ["x"]}, "unsupported type list"),
+    ({"s": "a\ud800"}, "lone surrogate"),
 ])
 def test_values_are_type_checked_before_the_engine(ruleset, attrs, message):
     rs = ruleset("a > 1", "s == 'x'", "flag")
