@@ -62,6 +62,7 @@ class RuleSet:
                              for n in sorted(attribute_names - {"route"}))
         self._route_key = key("route")
         self._engine = CompiledRules({f"r{i}": r.condition for i, r in enumerate(rules)})
+        self._no_hits = combine((), self._thresholds)   # most transactions: decided once
 
     def decide(self, attrs: dict, route: str) -> Decision:
         """Evaluate every rule for one transaction; absent attributes make their comparisons false."""
@@ -99,6 +100,8 @@ class RuleSet:
         except (orjson.JSONEncodeError, UnicodeEncodeError):
             raise ValueError(_unencodable(attrs, route)) from None
         fired = self._engine.evaluate(body[1:-1].decode())
+        if not fired:
+            return self._no_hits
         hits = tuple(self._hits[n] for n in sorted(fired, key=self._order.__getitem__))
         return combine(hits, self._thresholds)
 
