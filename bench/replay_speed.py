@@ -96,7 +96,9 @@ def main(argv: list[str]) -> int:
     recompute = "--recompute" in argv
     log = Path(tempfile.gettempdir()) / f"txgate-bench-decisions-{records}.jsonl"
     if not log.exists():
-        generate(log, records)
+        partial = log.with_suffix(".partial")   # an interrupted generation is never reused
+        generate(partial, records)
+        partial.rename(log)
     hook = None
     if recompute:
         from gateway.backtest import RecomputedCounters
