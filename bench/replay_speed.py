@@ -5,13 +5,17 @@
 Generates a decision log of RECORDS (default 1,000,000) records shaped as the gateway writes
 them for the shipped pack (its features: counters, transaction fields, built-ins), 5 % of them
 step-ups answered by a repeat record of the same event, then times `rules.commands.replay`
-on it under the shipped pack and prints records per second. The log is made once per size
-(kept in the system's temporary directory: about 900 bytes a record).
+on it under the shipped pack and prints records per second, wall and CPU (the process and its
+workers). The baseline, in the same run: reading the log and parsing every line with orjson in
+one process, the least any replay must do. The log is made once per size (kept in the system's
+temporary directory, TMPDIR: about 900 bytes a record). The load average is printed before and
+after: the machine is shared, and wall times are only comparable at a similar load.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import random
 import sys
 import tempfile
@@ -73,26 +77,46 @@ def generate(path: Path, records: int, seed: int = 12) -> None:
                 n += 1
 
 
+def _timed(run) -> tuple[object, float, float]:
+    """(result, wall s, CPU s of this process and of the children it reaped meanwhile)."""
+    before, started = os.times(), time.perf_counter()
+    result = run()
+    wall, after = time.perf_counter() - started, os.times()
+    cpu = sum(after[:4]) - sum(before[:4])
+    return result, wall, cpu
+
+
+def _parse_all(log: Path) -> int:
+    with open(log, "rb") as fh:
+        return sum(1 for line in fh if orjson.loads(line))
+
+
 def main(argv: list[str]) -> int:
     records = int(argv[0]) if argv and argv[0].isdigit() else 1_000_000
     recompute = "--recompute" in argv
     log = Path(tempfile.gettempdir()) / f"txgate-bench-decisions-{records}.jsonl"
     if not log.exists():
-        generate(log, records)
+        partial = log.with_suffix(".partial")   # an interrupted generation is never reused
+        generate(partial, records)
+        partial.rename(log)
     hook = None
     if recompute:
         from gateway.backtest import RecomputedCounters
         hook = RecomputedCounters
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    parsed, parse_wall, parse_cpu = _timed(lambda: _parse_all(log))
     out, err = io.StringIO(), io.StringIO()
-    started = time.perf_counter()
-    code = replay(log, PACK, out=out, err=err, recompute=hook)
-    elapsed = time.perf_counter() - started
+    code, wall, cpu = _timed(lambda: replay(log, PACK, out=out, err=err, recompute=hook))
     if code != 0:
         print(err.getvalue(), file=sys.stderr)
         return code
     print(out.getvalue().splitlines()[0])
-    print(f"{records} records in {elapsed:.1f} s: {records / elapsed:,.0f} records/s"
-          + (" (--recompute)" if recompute else ""))
+    print(f"baseline, parse alone (one process): {parsed} records in {parse_wall:.1f} s: "
+          f"{parsed / parse_wall:,.0f} records/s, {parse_cpu / parsed * 1e6:.0f} µs CPU a record")
+    print(f"replay{' --recompute' if recompute else ''}: {records} records in {wall:.1f} s: "
+          f"{records / wall:,.0f} records/s ({parse_wall / wall:.2f} × the baseline), "
+          f"{cpu / records * 1e6:.0f} µs CPU a record ({cpu:.1f} s)")
+    print(f"load average afterwards {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import orjson
+
 from rules.counters import CounterSpec
 from rules.decision import Decision, Hit, combine
 from rules.engine import MAX_NUMBER, CompiledRules, number_text, to_json
@@ -11,7 +13,11 @@ from rules.compiler import key
 
 MAX_STRING = 65536
 _SHORT = 4096               # strings this short skip the length check of MAX_STRING
-_EXACT_INT = 2 ** 53        # = MAX_NUMBER: f"{n}.0" is then repr(float(n)), without exponent
+_FAST_NUMBER = 10 ** 15     # below it, float(n) is exact and written without exponent
+# The value types each kind takes without a check beyond range and length (a bool is not an int
+# here: type() is compared, never isinstance).
+_ACCEPTS = {"number": frozenset({float, int}), "string": frozenset({str}),
+            "boolean": frozenset({bool}), None: frozenset({float, int, str, bool})}
 
 
 @dataclass(frozen=True)
@@ -50,22 +56,52 @@ class RuleSet:
         self._thresholds = tuple(sorted((v, k) for k, v in thresholds.items()))
         self._hits = {f"r{i}": r.hit for i, r in enumerate(rules)}
         self._order = {f"r{i}": i for i in range(len(rules))}
-        # Route goes into every fact: route filters are compiled as conditions on it.
-        self._fields = tuple((n, '"%s":' % key(n), kinds.get(n)) for n in sorted(attribute_names - {"route"}))
-        self._route_key = '"%s":' % key("route")
+        # Route goes into every fact: route filters are compiled as conditions on it. Per
+        # attribute: its name, its key in the fact, its kind and the value types it accepts.
+        self._fields = tuple((n, key(n), kinds.get(n), _ACCEPTS[kinds.get(n)])
+                             for n in sorted(attribute_names - {"route"}))
+        self._route_key = key("route")
         self._engine = CompiledRules({f"r{i}": r.condition for i, r in enumerate(rules)})
+        self._no_hits = combine((), self._thresholds)   # most transactions: decided once
 
     def decide(self, attrs: dict, route: str) -> Decision:
         """Evaluate every rule for one transaction; absent attributes make their comparisons false."""
         if not isinstance(route, str):
             raise ValueError("route must be a string")
-        parts = [self._route_key + to_json(route)]
-        for name, prefix, kind in self._fields:
-            value = attrs.get(name)
-            if value is None:
-                continue
-            parts.append(prefix + _encode(name, value, kind))
-        fired = self._engine.evaluate(",".join(parts))
+        fact = {self._route_key: route}
+        # The common values go to orjson as they are, exactly as _encode would write them (a
+        # finite float in the range where its repr has no exponent, which orjson writes the
+        # same; an int as that float; a short string without NUL; a boolean); any other is
+        # encoded and checked by _encode (which raises for a wrong type) and passed as text.
+        try:
+            for name, field, kind, accepts in self._fields:
+                value = attrs.get(name)
+                if value is None:
+                    continue
+                t = type(value)
+                if t in accepts:
+                    if t is float:
+                        if 1e-4 <= value < 1e15 or -1e15 < value <= -1e-4 or value == 0:
+                            fact[field] = value
+                            continue
+                    elif t is int:
+                        if -_FAST_NUMBER < value < _FAST_NUMBER:
+                            fact[field] = float(value)
+                            continue
+                    elif t is str:
+                        if len(value) <= _SHORT and "\x00" not in value:
+                            fact[field] = value
+                            continue
+                    else:
+                        fact[field] = value
+                        continue
+                fact[field] = orjson.Fragment(_encode(name, value, kind).encode())
+            body = orjson.dumps(fact)
+        except (orjson.JSONEncodeError, UnicodeEncodeError):
+            raise ValueError(_unencodable(attrs, route)) from None
+        fired = self._engine.evaluate(body[1:-1].decode())
+        if not fired:
+            return self._no_hits
         hits = tuple(self._hits[n] for n in sorted(fired, key=self._order.__getitem__))
         return combine(hits, self._thresholds)
 
@@ -80,19 +116,21 @@ class RuleSet:
         self.close()
 
 
+def _unencodable(attrs: dict, route: str) -> str:
+    """Why orjson refused a fact whose values all passed the checks: a string that is not
+    valid Unicode (a lone surrogate, which the engine cannot take either)."""
+    for name, value in (("route", route), *attrs.items()):
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return f"attribute {name!r}: string is not valid Unicode (a lone surrogate)"
+    return "attributes that cannot be written as JSON"
+
+
 def _encode(name: str, value, kind: str | None) -> str:
-    """Type-check one attribute value against its kind and encode it for the engine."""
-    # The common cases first, exactly as below but without the checks they cannot fail
-    # (every attribute of every request and replayed record passes here): a float whose
-    # repr has no exponent, an int within the exact range, a short string.
-    t = type(value)
-    if t is float and kind != "string" and kind != "boolean" and (
-            1e-4 <= abs(value) < 1e15 or value == 0):
-        return repr(value)
-    if t is int and kind != "string" and kind != "boolean" and -_EXACT_INT <= value <= _EXACT_INT:
-        return f"{value}.0"
-    if t is str and kind != "number" and kind != "boolean" and len(value) <= _SHORT and "\x00" not in value:
-        return to_json(value)
+    """Type-check one attribute value against its kind and encode it for the engine (the
+    values decide() cannot pass to orjson as they are)."""
     if isinstance(value, bool):
         if kind not in (None, "boolean"):
             raise ValueError(f"attribute {name!r}: expected a {kind}, got a boolean")

@@ -4,8 +4,9 @@ The second half is the velocity script's twin: ``velocity_script.py``'s Lua sema
 Python, run synchronously so that a call is atomic with respect to the event loop exactly as a
 script is on Redis. Change the two together; the behaviour suite in tests/gateway/velocity runs
 against both and against a real cluster. Values live in the backend's own store: a dict
-bucket -> total for windowed numbers, a dict member -> last seen ms for distinct, an int for
-running totals and first-seen times (a string ``"<ms>:<token>"`` for a provisional mark).
+bucket -> total for windowed numbers, the members and their last-seen ms for distinct (a sorted
+set's operations, ``_Members``), an int for running totals and first-seen times (a string
+``"<ms>:<token>"`` for a provisional mark).
 """
 
 from __future__ import annotations
@@ -196,17 +197,13 @@ def _op(backend: MemoryBackend, op: Op, update: bool, now: int) -> int:
     ttl_s = op.ttl_ms / 1000
     current = backend._live(op.key)
     if op.kind == DISTINCT:
-        members = current if isinstance(current, dict) else {}
+        members = current if isinstance(current, _Members) else _Members()
         if op.window_ms > 0:
-            for member in [m for m, seen in members.items() if seen <= now - op.window_ms]:
-                del members[member]
+            members.drop_oldest(seen_until=now - op.window_ms)
         if update:
-            members[op.value] = now
+            members.add(op.value, now)
             if len(members) > DISTINCT_CAP:
-                # Same order as a Redis sorted set: by time, then by member.
-                ranked = sorted(members.items(), key=lambda item: (item[1], item[0]))
-                for member, _ in ranked[: len(members) - DISTINCT_CAP]:
-                    del members[member]
+                members.drop_oldest(keep=DISTINCT_CAP)
             backend._store(op.key, members, ttl_s)
         return len(members)
     if op.kind in (FIRST_SEEN, PROVISIONAL_FIRST):
@@ -239,6 +236,43 @@ def _first_seen(mark: object, now: int, settle_ms: int) -> int | None:
         return None
     first = int(mark.split(":", 1)[0])
     return first if now - first >= settle_ms else None
+class _Members:
+    """A distinct counter's members as a Redis sorted set holds them: the last-seen ms of each
+    member, plus a heap of (seen, member) so that the oldest go in O(log n) as with
+    ZREMRANGEBYSCORE / ZREMRANGEBYRANK, in the same order (by time, then by member). A
+    sighting that supersedes an earlier one leaves the old heap entry behind; it is skipped
+    when it surfaces, and the heap is rebuilt when such entries outnumber the members."""
+
+    __slots__ = ("seen", "heap")
+
+    def __init__(self):
+        self.seen: dict[str, int] = {}
+        self.heap: list[tuple[int, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+    def add(self, member: str, at: int) -> None:
+        if self.seen.get(member) == at:
+            return                       # its entry is in the heap already
+        self.seen[member] = at
+        heapq.heappush(self.heap, (at, member))
+        if len(self.heap) > 2 * len(self.seen) + 16:
+            self.heap = [(t, m) for m, t in self.seen.items()]
+            heapq.heapify(self.heap)
+
+    def drop_oldest(self, *, seen_until: int | None = None, keep: int | None = None) -> None:
+        """Remove the members last seen at or before ``seen_until``, or the oldest beyond ``keep``."""
+        heap, seen = self.heap, self.seen
+        while heap:
+            at, member = heap[0]
+            if seen.get(member) == at and not (
+                    (seen_until is not None and at <= seen_until)
+                    or (keep is not None and len(seen) > keep)):
+                return
+            heapq.heappop(heap)
+            if seen.get(member) == at:
+                del seen[member]
 
 
 def _number(backend: MemoryBackend, op: Op, update: bool, now: int) -> tuple[int, int]:

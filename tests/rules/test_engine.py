@@ -19,6 +19,7 @@ from tests.rules.conftest import fired
     ({"flag": 1}, "expected a boolean, got a number"),
     ({"s": "a\x00b"}, "NUL"),
     ({"s": ["x"]}, "unsupported type list"),
+    ({"s": "a\ud800"}, "lone surrogate"),
 ])
 def test_values_are_type_checked_before_the_engine(ruleset, attrs, message):
     rs = ruleset("a > 1", "s == 'x'", "flag")
@@ -46,6 +47,11 @@ def test_numbers_are_sent_without_exponent_and_as_doubles(ruleset):
     assert fired(rs, {"a": 9e15}) == {"R0", "R1"}
     # Integer division would make 5 / 2 == 2 and this false.
     assert fired(rs, {"a": 2.4, "b": 5}) == {"R0", "R2"}
+    # Either side of where decide() stops handing numbers to orjson as they are (1e-4, 1e15).
+    for a, want in ((10 ** 15 - 1, {"R0"}), (10 ** 15, {"R0", "R1"}), (2 ** 53, {"R0", "R1"}),
+                    (1e15, {"R0", "R1"}), (999999999999999.9, {"R0"}), (0.0001, {"R0"}),
+                    (0.0000999, {"R0"}), (-0.0001, set()), (0.0, set()), (-0.0, set())):
+        assert fired(rs, {"a": a}) == want, a
 
 
 def test_unicode_strings_match(ruleset):
