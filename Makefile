@@ -53,6 +53,7 @@ system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
+	command -v redis-sentinel >/dev/null || missing="$$missing redis-sentinel"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v oathtool >/dev/null || missing="$$missing oathtool"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \

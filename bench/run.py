@@ -254,7 +254,8 @@ http {{
               "channel": {"from": "header:X-Channel", "required": False}}
         config = {
             "listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}",
-            "state": {"backend": "redis", "url": redis_url, "cluster": cluster},
+            # The bench's cluster has no replicas (the WAIT row has its own config).
+            "state": {"backend": "redis", "url": redis_url, "cluster": cluster, "wait_replicas": 0},
             "rules": {"path": str(rules), "reload": "off"},
             "decision_log": {"path": str(self.tmp / f"{name}-decisions.jsonl")},
             "routes": [

@@ -1,0 +1,109 @@
+"""The Sentinel backend follows a primary's loss, and security records wait for a replica.
+
+Real processes: a primary, its replica and three redis-sentinel (tests/fixtures/redis.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from state import StateError, create_backend
+from state.ops import NUMBER, Batch, Op
+
+COUNT = Batch(None, 0, (Op("{u:a}:count", NUMBER, True, 1, 0, 0, 60_000),))
+
+
+def _open(group, timeout_ms=500, wait_replicas=1):
+    return create_backend("redis", None, False, timeout_ms,
+                          sentinel=(group.MASTER, group.nodes), wait_replicas=wait_replicas)
+
+
+async def _until_answers(call, seconds=30.0):
+    """Call until the store answers again (the failover is bounded by the test's deadline)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await call()
+        except StateError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+def test_sentinel_backend_follows_the_promoted_replica_and_keeps_acknowledged_records(
+        redis_sentinel):
+    old = redis_sentinel.primary()
+
+    async def scenario():
+        backend = _open(redis_sentinel)
+        try:
+            # Acknowledged only once the replica holds them (WAIT 1).
+            assert await backend.claim("{c:a}:sig:1", 60)
+            assert await backend.advance("{u:a}:totp", 1000, 60)
+            assert await backend.incr("{u:a}:fail", 60) == 1
+            await backend.put("{u:a}:chal:1", b"challenge", 60)
+            old.stop()    # SIGKILL: the primary's memory is gone
+            # The same backend object finds the promoted replica through the sentinels.
+            assert await _until_answers(lambda: backend.claim("{c:a}:sig:2", 60))
+            assert not await backend.claim("{c:a}:sig:1", 60)       # still a replay
+            assert not await backend.advance("{u:a}:totp", 1000, 60)  # still a used step
+            assert await backend.incr("{u:a}:fail", 60) == 2         # no attempt forgotten
+            assert await backend.take("{u:a}:chal:1") == b"challenge"
+        finally:
+            await backend.close()
+
+    asyncio.run(scenario())
+    assert redis_sentinel.primary() is not old
+
+
+def test_a_write_no_replica_acknowledged_fails_instead_of_being_answered(redis_sentinel):
+    """The replicas asleep: the claim is refused (StateError, so on_state_error decides)
+    rather than acknowledged on the primary alone; without wait_replicas it is answered."""
+    replicas = [s for s in redis_sentinel.servers if s is not redis_sentinel.primary()]
+
+    async def scenario():
+        waiting, unsafe = _open(redis_sentinel, 200), _open(redis_sentinel, 200, 0)
+        try:
+            await waiting.ping()
+            await unsafe.ping()
+            sleepers = [threading.Thread(target=replica.cli, args=("DEBUG", "SLEEP", "1.5"))
+                        for replica in replicas]
+            for sleeper in sleepers:
+                sleeper.start()
+            await asyncio.sleep(0.1)
+            with pytest.raises(StateError) as raised:
+                await waiting.claim("{c:a}:sig:1", 60)
+            assert "NotReplicated" in str(raised.value)
+            assert await unsafe.claim("{c:a}:sig:2", 60)
+            # Reads and counters alone never wait.
+            assert await waiting.get("{c:a}:sig:2") == b"1"
+            assert await waiting.velocity([COUNT]) == [[1]]
+            for sleeper in sleepers:
+                sleeper.join()
+            assert await _until_answers(lambda: waiting.claim("{c:a}:sig:3", 60))
+        finally:
+            await waiting.close()
+            await unsafe.close()
+
+    asyncio.run(scenario())
+
+
+def test_wait_replicas_on_a_server_without_replicas_refuses_security_writes(redis_server):
+    async def scenario():
+        backend = create_backend("redis", redis_server.url, False, 100, wait_replicas=1)
+        try:
+            with pytest.raises(StateError, match="NotReplicated"):
+                await backend.claim("{c:a}:sig:1", 60)
+            assert await backend.get("{c:a}:sig:1") == b"1"   # written, never acknowledged
+            # (After NOSCRIPT a script waits twice: the call's bound may end it first.)
+            with pytest.raises(StateError, match="NotReplicated|TimeoutError"):
+                await backend.advance("{u:a}:totp", 5, 60)
+            assert await backend.velocity([COUNT]) == [[1]]   # counters alone never wait
+        finally:
+            await backend.close()
+
+    asyncio.run(scenario())
