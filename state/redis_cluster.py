@@ -39,6 +39,8 @@ from state.replicas import NotReplicated, Replicas
 # A slot being moved answers TRYAGAIN while a multi-key call finds its keys split between
 # the two nodes; MIGRATE moves an entity's keys in one go, so this is brief.
 TRYAGAIN_PAUSE_S = 0.002
+# Replies that mean "not here, nothing done": the call goes elsewhere.
+_REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
 
 
 class Unreachable(ConnectionError):
@@ -252,7 +254,11 @@ class ClusterLane:
                     replies = await lane.receive(conn, len(asking) + sum(asking)
                                                  + (replicas is not None))
                     if replicas is not None:
-                        replicas.check(replies.pop())
+                        acknowledged = replies.pop()
+                        # A node that redirected every call wrote nothing: the calls get
+                        # their WAIT where they go (a demoted master refuses WAIT itself).
+                        if not all(isinstance(reply, _REDIRECTED) for reply in replies):
+                            replicas.check(acknowledged)
                 except (OSError, RedisError) as exc:
                     answers.append(exc)
                     continue

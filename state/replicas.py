@@ -38,6 +38,10 @@ class Replicas:
         return ("WAIT", self.count, self.timeout_ms)
 
     def check(self, acknowledged) -> None:
+        """Raise unless ``acknowledged`` (WAIT's reply) reaches ``count``; an error reply
+        (WAIT on a primary just turned replica) is no acknowledgement either."""
+        if isinstance(acknowledged, Exception):
+            raise NotReplicated(f"WAIT failed: {type(acknowledged).__name__}")
         if int(acknowledged) < self.count:
             raise NotReplicated(f"{int(acknowledged)} of {self.count} replicas acknowledged")
 
