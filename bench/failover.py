@@ -99,6 +99,7 @@ class Report:
     events: list = field(default_factory=list)     # (name, when)
     outages: list = field(default_factory=list)    # (event, 503s, first to last s, 200 after s)
     errors: list = field(default_factory=list)     # gateway log lines of unexpected failures
+    store_errors: Counter = field(default_factory=Counter)   # why the store was down, per kind
 
     def problems(self) -> list[str]:
         """What must be zero whatever the store does, and what WAIT must make zero."""
@@ -239,8 +240,11 @@ class Run:
         for gateway in getattr(self, "gateways", []):
             gateway.stop()
             # A 5xx other than 503 is a finding: its traceback goes into the report.
-            report.errors += [line for line in gateway.stderr().splitlines()
-                              if "Traceback" in line][:5]
+            for line in gateway.stderr().splitlines():
+                if "Traceback" in line:
+                    report.errors.append(line)
+                if '"state_store_down"' in line:
+                    report.store_errors[json.loads(line)["error"]] += 1
 
     # -- traffic ------------------------------------------------------------------------
     def _client(self) -> SignedClient:
@@ -376,7 +380,14 @@ class Run:
         def replay(part):
             replayer = self._client()
             for a in part:
-                results.append(_status(self._send(replayer, 1 - a.gateway, a.prepared)))
+                # A 503 decided nothing (the store did not answer in time on this loaded
+                # machine): the replay is sent again until the store decides it.
+                for _ in range(20):
+                    status = _status(self._send(replayer, 1 - a.gateway, a.prepared))
+                    if status != 503:
+                        break
+                    time.sleep(0.25)
+                results.append(status)
         threads = [threading.Thread(target=replay, args=(accepted[i::4],)) for i in range(4)]
         for t in threads:
             t.start()
