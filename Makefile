@@ -134,7 +134,7 @@ soak: $(TEST_STAMP) system-deps
 
 # A Redis primary lost under signed load, Sentinel and cluster, with and without WAIT for a
 # replica; checked against what the gateways answered, table written to docs/reliability.md.
-# About 2 minutes on 2 cores; loopback only. `make test` runs a short Sentinel version.
+# About 5 minutes on 2 cores; loopback only. `make test` runs a short Sentinel version.
 failover: $(TEST_STAMP) system-deps
 	timeout 600 $(PY) -m bench.failover --write docs/reliability.md
 

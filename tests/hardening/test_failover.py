@@ -1,8 +1,10 @@
-"""A primary lost under load (short version of `make failover`, bench/failover.py): Redis
-Sentinel promotes a replica while two gateways serve signed payments, step-ups with wrong and
-right codes, and lockouts. With security records waiting for a replica (the default), no
-replay is accepted and no OTP attempt, used TOTP step or lockout is forgotten; counters lose
-nothing either (they travel with the claims) and are never doubled. Bounded: ~20 s."""
+"""A primary lost under load (short version of `make failover`, bench/failover.py): its
+replicas stop for half a second (so the writes of that time never reach them), the primary is
+killed, and Redis Sentinel promotes a replica, while two gateways serve signed payments,
+step-ups with wrong and right codes, and lockouts. With security records waiting for a replica
+(the default), no replay is accepted and no OTP attempt, used TOTP step or lockout is
+forgotten; counters lose nothing either (they travel with the claims) and are never doubled.
+Bounded: ~20 s."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from bench import failover
 
 
 def test_sentinel_failover_under_load_forgets_no_security_record(tmp_path):
-    report = failover.run("sentinel", before_s=1.5, after_s=1.0, tmp=tmp_path, payers=6,
-                          attempt_users=60, locked_users=2, totp_users=2)
+    report = failover.run("sentinel", before_s=1.5, after_s=1.0, tmp=tmp_path, lag_s=0.5,
+                          payers=6, attempt_users=60, locked_users=2, totp_users=2)
     print("\n" + failover.table([report]))
     assert report.problems() == []
     # Not vacuous: the loss was seen, and every kind of record was there to lose.
