@@ -197,8 +197,9 @@ def _url_options(url: str | None) -> dict:
     """The connection options of ``url`` without its address (Sentinel names the primary)."""
     if not url:
         return {}
-    options = {name: value for name, value in parse_url(url).items()
+    parsed = parse_url(url)
+    options = {name: value for name, value in parsed.items()
                if name not in ("host", "port", "connection_class")}
-    if parse_url(url).get("connection_class") is SSLConnection:
+    if parsed.get("connection_class") is SSLConnection:
         options["ssl"] = True
     return options

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from state import StateError, create_backend
 from state.ops import NUMBER, Batch, Op
@@ -17,8 +18,8 @@ from state.ops import NUMBER, Batch, Op
 COUNT = Batch(None, 0, (Op("{u:a}:count", NUMBER, True, 1, 0, 0, 60_000),))
 
 
-def _open(group, timeout_ms=500, wait_replicas=1):
-    return create_backend("redis", None, False, timeout_ms,
+def _open(group, timeout_ms=500, wait_replicas=1, url=None):
+    return create_backend("redis", url, False, timeout_ms,
                           sentinel=(group.MASTER, group.nodes), wait_replicas=wait_replicas)
 
 
@@ -39,9 +40,10 @@ def test_sentinel_backend_follows_the_promoted_replica_and_keeps_acknowledged_re
     old = redis_sentinel.primary()
 
     async def scenario():
-        backend = _open(redis_sentinel)
+        # The url's options apply (db 2); its address does not (the sentinels name the primary).
+        backend = _open(redis_sentinel, url="redis://nowhere.invalid:1/2")
         try:
-            # Acknowledged only once the replica holds them (WAIT 1).
+            # Acknowledged only once a replica holds them (WAIT 1).
             assert await backend.claim("{c:a}:sig:1", 60)
             assert await backend.advance("{u:a}:totp", 1000, 60)
             assert await backend.incr("{u:a}:fail", 60) == 1
@@ -57,7 +59,10 @@ def test_sentinel_backend_follows_the_promoted_replica_and_keeps_acknowledged_re
             await backend.close()
 
     asyncio.run(scenario())
-    assert redis_sentinel.primary() is not old
+    new = redis_sentinel.primary()
+    assert new is not old
+    with redis.Redis(port=new.port, db=2) as client:
+        assert client.get("{c:a}:sig:2") == b"1"
 
 
 def test_a_write_no_replica_acknowledged_fails_instead_of_being_answered(redis_sentinel):
