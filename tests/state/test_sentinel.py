@@ -14,6 +14,8 @@ import redis
 
 from state import StateError, create_backend
 from state.ops import NUMBER, Batch, Op
+from tests.fixtures.processes import wait_until
+from tests.fixtures.signing import SignedClient
 
 COUNT = Batch(None, 0, (Op("{u:a}:count", NUMBER, True, 1, 0, 0, 60_000),))
 
@@ -112,3 +114,27 @@ def test_wait_replicas_on_a_server_without_replicas_refuses_security_writes(redi
             await backend.close()
 
     asyncio.run(scenario())
+
+
+def test_a_gateway_on_sentinel_serves_and_logs_to_the_primary(redis_sentinel, start_gateway,
+                                                               upstream, tmp_path):
+    """The configuration as documented: the gateway finds the primary through the sentinels,
+    for its state and for its decision-log stream."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.yaml").write_text("version: 1\nrules: []\n")
+    nodes = [f"{host}:{port}" for host, port in redis_sentinel.nodes]
+    gw = start_gateway({
+        "state": {"backend": "redis", "timeout_ms": 1000,
+                  "sentinel": {"master": redis_sentinel.MASTER, "nodes": nodes}},
+        "rules": {"path": str(tmp_path / "rules"), "reload": "off"},
+        "decision_log": {"path": None, "redis_stream": "txgate:decisions"},
+        "routes": [{"name": "payments", "match": {"path": "/pay"}, "upstream": upstream.url,
+                    "transaction": {"user_id": "json:$.user_id"}}]})
+    client = SignedClient("app", gw.admin_post("/admin/clients", {"id": "app", "hmac": True}
+                                               ).json()["secret"])
+    prepared = client.prepare("POST", f"{gw.url}/pay", json={"user_id": "u1"})
+    assert client.send(prepared).status_code == 200
+    assert client.send(prepared).status_code == 401       # the claim is in the primary
+    primary = redis_sentinel.primary()
+    # a decision, the replay's refusal and the client's registration (an audit line)
+    wait_until(lambda: primary.cli("XLEN", "txgate:decisions") == 3, what="three records")
