@@ -38,7 +38,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,7 +158,7 @@ class Store:
             config["wait_replicas"] = wait_replicas
         return config
 
-    def events(self) -> list[tuple[str, callable]]:
+    def events(self) -> list[tuple[str, Callable[[], None]]]:
         killed = (f"killed {self.lag_s:g} s after losing its replicas" if self.lag_s
                   else "killed (SIGKILL)")
         if self.kind == "sentinel":
@@ -386,7 +387,7 @@ class Run:
         # Counters first: an accepted replay would count its payment again.
         self._counters(client, report)
         self._attempts(report)
-        self._replays(client, report)
+        self._replays(report)
         self._totp_reuses(client, report)
         self._lockouts(client, report)
         # Per event: the 503s until the next one, and when a 200 came after the last of them.
@@ -399,7 +400,7 @@ class Run:
             report.outages.append((name, len(refused),
                                    refused[-1] - refused[0] if refused else 0.0, again - at))
 
-    def _replays(self, client, report: Report) -> None:
+    def _replays(self, report: Report) -> None:
         accepted = [a for a in self.answers if a.kind == "payment" and a.status == 200]
         report.replays = len(accepted)
         results: list = []
