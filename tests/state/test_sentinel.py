@@ -101,7 +101,9 @@ def test_a_write_no_replica_acknowledged_fails_instead_of_being_answered(redis_s
 
 def test_wait_replicas_on_a_server_without_replicas_refuses_security_writes(redis_server):
     async def scenario():
-        backend = create_backend("redis", redis_server.url, False, 100, wait_replicas=1)
+        # WAIT waits timeout_ms on the server; the call's bound leaves as much again for the
+        # rest, which a loaded machine needs.
+        backend = create_backend("redis", redis_server.url, False, 500, wait_replicas=1)
         try:
             with pytest.raises(StateError, match="NotReplicated"):
                 await backend.claim("{c:a}:sig:1", 60)
