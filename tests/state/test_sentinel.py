@@ -73,7 +73,7 @@ def test_a_write_no_replica_acknowledged_fails_instead_of_being_answered(redis_s
     replicas = [s for s in redis_sentinel.servers if s is not redis_sentinel.primary()]
 
     async def scenario():
-        waiting, unsafe = _open(redis_sentinel, 200), _open(redis_sentinel, 200, 0)
+        waiting, unsafe = _open(redis_sentinel, 300), _open(redis_sentinel, 300, 0)
         try:
             await waiting.ping()
             await unsafe.ping()
