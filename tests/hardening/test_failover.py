@@ -1,5 +1,5 @@
-"""A primary lost under load (short version of `make failover`, bench/failover.py): its
-replicas stop for half a second (so the writes of that time never reach them), the primary is
+"""A primary lost under load (short version of `make failover`, bench/failover.py): it loses
+its replicas' links for half a second (so the writes of that time never reach them), is
 killed, and Redis Sentinel promotes a replica, while two gateways serve signed payments,
 step-ups with wrong and right codes, and lockouts. With security records waiting for a replica
 (the default), no replay is accepted and no OTP attempt, used TOTP step or lockout is
