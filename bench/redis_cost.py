@@ -1,5 +1,7 @@
 """CPU per payment of the state call, one redis-server against a 3-master cluster: Redis's
-side and the gateway's side of the capacity model in docs/operations-redis.md.
+side and the gateway's side of the capacity model in docs/operations-redis.md. A third store
+is the same redis-server with each payment waiting for its replica (``wait_replicas: 1``):
+what WAIT costs, in CPU and in payments per second with 64 in flight.
 
 Runs the shipped pack's counters the way a gateway does (one ``observe_once`` with the
 signature's two claims per payment, 64 in flight, a timeout generous enough that no call
@@ -45,9 +47,10 @@ def cpu_s(ports: list[int]) -> float:
     return total
 
 
-async def payments(url: str, cluster: bool, count: int, tag: str) -> None:
+async def payments(url: str, cluster: bool, count: int, tag: str, wait_replicas: int = 0
+                   ) -> None:
     ruleset = load_rules(rulepack.DEFAULT, KINDS)
-    backend = create_backend("redis", url, cluster, 2000)
+    backend = create_backend("redis", url, cluster, 2000, wait_replicas=wait_replicas)
     velocity = Velocity(ruleset.counters, backend)
     rng = random.Random(7)
     users = max(1, count // 10)
@@ -76,25 +79,33 @@ def main() -> int:
     try:
         single = bench.start_redis()
         clustered = bench.start_cluster()
-        stores = {"one redis-server": (single, False, [bench.procs[0].port]),
-                  "3-master cluster": (clustered, True, [p.port for p in bench.procs[1:4]])}
+        primary = next(p.port for p in bench.procs if p.name == "redis")
+        masters = [p.port for p in bench.procs if p.name.startswith("cluster-")]
+        stores = {"one redis-server": (single, False, [primary], 0),
+                  "3-master cluster": (clustered, True, masters, 0),
+                  "one redis-server, WAIT 1 replica": (single, False, [primary], 1)}
         per_payment: dict[str, list[float]] = {name: [] for name in stores}
         client: dict[str, list[float]] = {name: [] for name in stores}
-        empty = {name: memory(ports) for name, (_, _, ports) in stores.items()}
+        rate: dict[str, list[float]] = {name: [] for name in stores}
+        empty = {name: memory(ports) for name, (_, _, ports, _) in stores.items()}
         for rep in range(args.reps + 1):           # the first round warms the script caches
-            for name, (url, cluster, ports) in stores.items():
-                before, ours = cpu_s(ports), time.process_time()
-                asyncio.run(payments(url, cluster, args.payments, f"r{rep}"))
+            for k, (name, (url, cluster, ports, wait)) in enumerate(stores.items()):
+                before, ours, started = cpu_s(ports), time.process_time(), time.perf_counter()
+                asyncio.run(payments(url, cluster, args.payments, f"r{rep}s{k}", wait))
                 if rep:
+                    rate[name].append(args.payments / (time.perf_counter() - started))
                     client[name].append((time.process_time() - ours) * 1e6 / args.payments)
                     per_payment[name].append((cpu_s(ports) - before) * 1e6 / args.payments)
         users = (args.reps + 1) * max(1, args.payments // 10)
         for name, values in per_payment.items():
-            grown = memory(stores[name][2]) - empty[name]
+            # The two single-server stores share one server: its growth is theirs together.
+            sharing = sum(1 for other in stores.values() if other[2] == stores[name][2])
+            grown = (memory(stores[name][2]) - empty[name]) / sharing
             print(f"{name}: Redis CPU {statistics.median(values):.0f} µs per payment "
                   f"(runs: {', '.join(f'{v:.0f}' for v in values)}); client CPU "
                   f"{statistics.median(client[name]):.0f} µs (runs: "
-                  f"{', '.join(f'{v:.0f}' for v in client[name])}); memory "
+                  f"{', '.join(f'{v:.0f}' for v in client[name])}); "
+                  f"{statistics.median(rate[name]):.0f} payments/s with 64 in flight; memory "
                   f"{grown / users:.0f} bytes per user with 10 payments each, claims and "
                   "markers included")
     finally:

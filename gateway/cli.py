@@ -221,8 +221,7 @@ def _auth(args) -> int:
                          "quick start shows a trial on a local redis-server)")
 
     async def go() -> int:
-        state = create_backend(config.state.backend, config.state.url, config.state.cluster,
-                               config.state.timeout_ms)
+        state = create_backend(config.state.backend, **config.state.backend_options())
         # Every change is a line in the decision log's sinks (auth.audit).
         audit_log = DecisionLog(open_sinks(config))
         audit_log.start()

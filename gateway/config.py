@@ -48,17 +48,54 @@ def _host_port(value: str) -> str:
     return value
 
 
+def _split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host, int(port)
+
+
+class SentinelConfig(_Strict):
+    """Redis Sentinel: the sentinels to ask and the name of the master they watch."""
+    master: str = Field(min_length=1)
+    nodes: list[str] = Field(min_length=1)     # HOST:PORT of each sentinel
+
+    @field_validator("nodes")
+    @classmethod
+    def _addresses(cls, nodes: list[str]) -> list[str]:
+        return [_host_port(node) for node in nodes]
+
+
 class StateConfig(_Strict):
     backend: Literal["memory", "redis"] = "memory"
     url: str | None = None
     cluster: bool = False
+    sentinel: SentinelConfig | None = None
     timeout_ms: int = Field(100, gt=0, le=60_000)
+    # Replicas that must hold a security record (claims, TOTP steps, attempts, lockouts,
+    # challenges, credentials) before the answer that depends on it leaves (Redis WAIT).
+    # None: 1 with sentinel or cluster (deployments that fail over), 0 on a single server.
+    wait_replicas: int | None = Field(None, ge=0, le=16)
 
     @model_validator(mode="after")
     def _redis_needs_url(self):
-        if self.backend == "redis" and not self.url:
-            raise ValueError("the redis backend needs url (or TXGATE_REDIS_URL)")
+        if self.backend == "redis" and not self.url and self.sentinel is None:
+            raise ValueError("the redis backend needs url (or TXGATE_REDIS_URL) or sentinel")
+        if self.cluster and self.sentinel is not None:
+            raise ValueError("cluster and sentinel exclude each other")
         return self
+
+    @property
+    def replicas(self) -> int:
+        """The replicas a security record waits for (``wait_replicas`` with its default)."""
+        if self.wait_replicas is not None:
+            return self.wait_replicas
+        return 1 if self.cluster or self.sentinel is not None else 0
+
+    def backend_options(self) -> dict:
+        """The keyword arguments of ``state.create_backend`` this section gives."""
+        sentinel = None if self.sentinel is None else (
+            self.sentinel.master, [_split_host_port(node) for node in self.sentinel.nodes])
+        return dict(url=self.url, cluster=self.cluster, timeout_ms=self.timeout_ms,
+                    sentinel=sentinel, wait_replicas=self.replicas)
 
 
 class RulesConfig(_Strict):

@@ -70,9 +70,15 @@ def open_sinks(config) -> list:
         sinks.append(FileSink(cfg.path))
     if cfg.redis_stream:
         from redis.asyncio import Redis, RedisCluster
+        from redis.asyncio.sentinel import Sentinel
         url = config.state.url or "redis://127.0.0.1:6379"
-        # A stream is one key: on a cluster the client must route it to its slot's node.
-        client = (RedisCluster if config.state.cluster else Redis).from_url(url)
+        sentinel = config.state.backend_options()["sentinel"]
+        if sentinel is not None:
+            # The primary the sentinels name, followed across a failover by redis-py.
+            client = Sentinel(sentinel[1]).master_for(sentinel[0])
+        else:
+            # A stream is one key: on a cluster the client must route it to its slot's node.
+            client = (RedisCluster if config.state.cluster else Redis).from_url(url)
         sinks.append(RedisStreamSink(client, cfg.redis_stream, cfg.redis_maxlen))
     return sinks
 

@@ -119,10 +119,28 @@ class Forwarder:
             raise GatewayError(502, "upstream_unavailable", "the upstream refused or reset the connection") from None
 
 
+class ClientStalled(ConnectionResetError):
+    """The client stopped reading the answer: no write progressed for ``write_timeout_s``."""
+
+
+async def _write(request: web.Request, write, timeout_s: float) -> None:
+    """One write towards the client, cut off when it makes no progress for ``timeout_s``: a
+    client that stops reading would otherwise hold the handler, its upstream connection and
+    the buffered chunk for ever (aiohttp waits for the socket to drain without a limit)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await write()
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        raise ClientStalled("the client stopped reading the answer") from None
+
+
 async def stream_back(request: web.Request, upstream: aiohttp.ClientResponse,
-                      extra: Mapping[str, str]) -> web.StreamResponse:
+                      extra: Mapping[str, str], write_timeout_s: float) -> web.StreamResponse:
     """Relay status, headers and body; chunk by chunk unless small and of known length, so
-    memory stays bounded for any size."""
+    memory stays bounded for any size. Each write towards the client must progress within
+    ``write_timeout_s`` (a small answer is one write the kernel's socket buffer takes whole)."""
     length = upstream.headers.get("Content-Length")
     if length is not None and length.isdigit() and int(length) <= SMALL_BODY \
             and request.method != "HEAD" and upstream.status not in (204, 304):
@@ -141,10 +159,10 @@ async def stream_back(request: web.Request, upstream: aiohttp.ClientResponse,
     if upstream.headers.get("Content-Length") is None:
         response.enable_chunked_encoding()
     try:
-        await response.prepare(request)
+        await _write(request, lambda: response.prepare(request), write_timeout_s)
         async for chunk in upstream.content.iter_chunked(_CHUNK):
-            await response.write(chunk)
-        await response.write_eof()
+            await _write(request, lambda: response.write(chunk), write_timeout_s)
+        await _write(request, response.write_eof, write_timeout_s)
     finally:
         upstream.release()
     return response

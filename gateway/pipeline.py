@@ -32,13 +32,14 @@ from gateway.body import read_body
 from gateway.errors import GatewayError, StateUnavailable
 from gateway.exchange import Exchange
 from gateway.features import builtin_attributes
-from gateway.forward import stream_back, upstream_headers
+from gateway.forward import ClientStalled, stream_back, upstream_headers
 from gateway.logs import REQUEST_ID
 from gateway.rates import money_attributes
 from gateway.responses import error_response
 from gateway.routing import check_path
 from state.base import StateError
-from metrics.definitions import FAIL_OPEN, STATE_ERRORS, UPSTREAM_DURATION, UPSTREAM_ERRORS
+from metrics.definitions import (CLIENT_STALLED, FAIL_OPEN, STATE_ERRORS, UPSTREAM_DURATION,
+                                UPSTREAM_ERRORS)
 
 log = logging.getLogger("txgate.pipeline")
 _NO_ROUTE = GatewayError(404, "no_route", "no route matches this request")
@@ -226,7 +227,11 @@ class Pipeline:
         ex.upstream_status = upstream.status
         after = asyncio.ensure_future(self.s.recorder.settle(ex)) if ex.decision else None
         try:
-            return await stream_back(req, upstream, {"Txgate-Request-Id": ex.request_id})
+            return await stream_back(req, upstream, {"Txgate-Request-Id": ex.request_id},
+                                     self.s.config.limits.client_timeout_s)
+        except ClientStalled:
+            CLIENT_STALLED.labels(route.name).inc()
+            raise
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
             # The status line is already sent: all we can do is cut the connection and count it.
             UPSTREAM_ERRORS.labels(route.name, "stream").inc()

@@ -36,8 +36,7 @@ class Services:
     def __init__(self, config: Config, master_key):
         self.config = config
         self.router = Router.of(config)
-        self.state = create_backend(config.state.backend, config.state.url, config.state.cluster,
-                                    config.state.timeout_ms)
+        self.state = create_backend(config.state.backend, **config.state.backend_options())
         # This process's own store: claims it accepted, and counters under on_state_error: local.
         self.local_state = MemoryBackend()
         replay = ReplayGuard(self.state, self.local_state)

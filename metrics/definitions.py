@@ -33,6 +33,8 @@ UPSTREAM_DURATION = Histogram("txgate_upstream_duration_seconds",
                               "Upstream time to response headers", ["route"],
                               buckets=_UPSTREAM_BUCKETS)
 UPSTREAM_ERRORS = Counter("txgate_upstream_errors", "Upstream failures", ["route", "kind"])
+CLIENT_STALLED = Counter("txgate_client_stalled", "Answers cut off because the client stopped "
+                         "reading (no progress for limits.client_timeout_s)", ["route"])
 STATE_ERRORS = Counter("txgate_state_errors", "State store failures by operation", ["operation"])
 FAIL_OPEN = Counter("txgate_fail_open", "Requests decided without shared state (fail_open/local)",
                     ["route", "policy"])
@@ -68,6 +70,7 @@ def precreate(routes: Mapping[str, str]) -> None:
         UPSTREAM_DURATION.labels(route)
         for kind in UPSTREAM_ERROR_KINDS:
             UPSTREAM_ERRORS.labels(route, kind)
+        CLIENT_STALLED.labels(route)
         if policy != "fail_closed":   # only these routes can ever decide without shared state
             FAIL_OPEN.labels(route, policy)
     for method in STEPUP_METHODS:

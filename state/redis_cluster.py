@@ -34,10 +34,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from state import velocity_script
 from state.ops import Batch, Trip, undo_of
 from state.redis_direct import DirectLane
+from state.replicas import NotReplicated, Replicas
 
 # A slot being moved answers TRYAGAIN while a multi-key call finds its keys split between
 # the two nodes; MIGRATE moves an entity's keys in one go, so this is brief.
 TRYAGAIN_PAUSE_S = 0.002
+# Replies that mean "not here, nothing done": the call goes elsewhere.
+_REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
 
 
 class Unreachable(ConnectionError):
@@ -141,29 +144,36 @@ class ClusterLane:
             await self.refresh(self._version)
         return sorted({owner for owner in self._slots if owner is not None})
 
-    async def execute(self, *args) -> object:
+    async def execute(self, *args, replicas: Replicas | None = None) -> object:
         """One command routed by its key (``args[1]``); a keyless one (PING) goes to every
         master, so that a readiness check fails while any part of the key space is down."""
         if len(args) < 2:
             replies = await asyncio.gather(*(self._node(addr).execute(*args)
                                              for addr in await self.masters()))
             return replies[0]
-        return await self._one(args[1], args)
+        return await self._one(args[1], args, replicas)
 
-    async def evalsha(self, sha: str, numkeys: int, *keys_and_args) -> object:
-        return await self._one(keys_and_args[0], ("EVALSHA", sha, numkeys, *keys_and_args))
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args,
+                      replicas: Replicas | None = None) -> object:
+        return await self._one(keys_and_args[0], ("EVALSHA", sha, numkeys, *keys_and_args),
+                               replicas)
 
-    async def eval(self, script: str, numkeys: int, *keys_and_args) -> object:
-        return await self._one(keys_and_args[0], ("EVAL", script, numkeys, *keys_and_args))
+    async def eval(self, script: str, numkeys: int, *keys_and_args,
+                   replicas: Replicas | None = None) -> object:
+        return await self._one(keys_and_args[0], ("EVAL", script, numkeys, *keys_and_args),
+                               replicas)
 
-    async def _one(self, key: str, command: tuple) -> object:
-        [reply] = await self.round([(key, command)])
+    async def _one(self, key: str, command: tuple, replicas: Replicas | None) -> object:
+        [reply] = await self.round([(key, command)], replicas)
         if isinstance(reply, Exception):
             raise reply
         return reply
 
-    async def round(self, calls: Sequence[tuple[str, tuple]]) -> list:
-        """Send every (routing key, command) at once, one pipelined packet per node.
+    async def round(self, calls: Sequence[tuple[str, tuple]],
+                    replicas: Replicas | None = None) -> list:
+        """Send every (routing key, command) at once, one pipelined packet per node; with
+        ``replicas`` each packet ends with WAIT (``state.replicas``), and a node whose
+        replicas did not acknowledge raises ``NotReplicated``.
 
         Redirections are followed (MOVED goes where it says and reads the map again, ASK sends
         ASKING first there, TRYAGAIN
@@ -183,7 +193,7 @@ class ClusterLane:
                 per_node.setdefault(addr, []).append(i)
             answers = await self._exchange(
                 [(addr, [calls[i][1] for i in indices], [i in asking for i in indices])
-                 for addr, indices in per_node.items()])
+                 for addr, indices in per_node.items()], replicas)
             pending, stale, wait = [], False, False
             for (addr, indices), answer in zip(per_node.items(), answers):
                 if isinstance(answer, Unreachable):
@@ -193,6 +203,8 @@ class ClusterLane:
                         asking.pop(i, None), moved.pop(i, None)
                     pending += indices
                     continue
+                if isinstance(answer, NotReplicated):
+                    raise answer
                 if isinstance(answer, BaseException):
                     await self.refresh(version)
                     raise answer
@@ -216,15 +228,18 @@ class ClusterLane:
                 await asyncio.sleep(TRYAGAIN_PAUSE_S)
         return replies
 
-    async def _exchange(self, packets: list[tuple[tuple[str, int], list[tuple], list[bool]]]
-                        ) -> list:
-        """Per node: its commands (ASKING before those flagged) sent before any node is read;
-        its replies in order, or the exception that broke it."""
+    async def _exchange(self, packets: list[tuple[tuple[str, int], list[tuple], list[bool]]],
+                        replicas: Replicas | None = None) -> list:
+        """Per node: its commands (ASKING before those flagged, WAIT after all with
+        ``replicas``) sent before any node is read; its replies in order, or the exception
+        that broke it."""
         sent, answers = [], []
         for addr, commands, asking in packets:
             packed: list[tuple] = []
             for command, ask in zip(commands, asking):
                 packed += [("ASKING",), command] if ask else [command]
+            if replicas is not None:
+                packed.append(replicas.command)
             lane = self._node(addr)
             try:
                 sent.append((lane, await lane.send(packed), asking))
@@ -236,7 +251,14 @@ class ClusterLane:
                     answers.append(conn)
                     continue
                 try:
-                    replies = await lane.receive(conn, len(asking) + sum(asking))
+                    replies = await lane.receive(conn, len(asking) + sum(asking)
+                                                 + (replicas is not None))
+                    if replicas is not None:
+                        acknowledged = replies.pop()
+                        # A node that redirected every call wrote nothing: the calls get
+                        # their WAIT where they go (a demoted master refuses WAIT itself).
+                        if not all(isinstance(reply, _REDIRECTED) for reply in replies):
+                            replicas.check(acknowledged)
                 except (OSError, RedisError) as exc:
                     answers.append(exc)
                     continue
@@ -260,7 +282,7 @@ def _kept(asking: list[bool]) -> list[bool]:
 
 
 async def trip(lane: ClusterLane, claims: Sequence[tuple[str, int]],
-               batches: Sequence[Batch]) -> Trip:
+               batches: Sequence[Batch], replicas: Replicas | None = None) -> Trip:
     """Claims and counters in one round: a script for the claims' slot and one per entity slot,
     every node at once.
 
@@ -276,7 +298,7 @@ async def trip(lane: ClusterLane, claims: Sequence[tuple[str, int]],
     parts: list[tuple[Sequence[tuple[str, int]], list[Batch]]] = (
         [(claims, [])] if claims else [])
     parts += [((), group) for group in groups.values()]
-    trips = await _run(lane, parts)
+    trips = await _run(lane, parts, replicas)
     claimed = trips[0] if claims else None
     counted = trips[1:] if claims else trips
     if claimed is not None and not claimed.fresh:
@@ -292,7 +314,7 @@ async def trip(lane: ClusterLane, claims: Sequence[tuple[str, int]],
                 tuple(by_batch[id(b)][1] for b in batches))
 
 
-async def _run(lane: ClusterLane, parts) -> list[Trip]:
+async def _run(lane: ClusterLane, parts, replicas: Replicas | None = None) -> list[Trip]:
     """One velocity script per part, all in one round; NOSCRIPT parts once more with EVAL."""
     calls = []
     for part_claims, group in parts:
@@ -300,12 +322,13 @@ async def _run(lane: ClusterLane, parts) -> list[Trip]:
         calls.append((keys[0], keys, args))
     script = velocity_script.VELOCITY
     replies = await lane.round([(route, ("EVALSHA", script.sha, len(keys), *keys, *args))
-                                for route, keys, args in calls])
+                                for route, keys, args in calls], replicas)
     missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:
         # A restarted or failed-over node lost its script cache: EVAL runs and caches it.
         again = await lane.round([(calls[i][0], ("EVAL", script.text, len(calls[i][1]),
-                                                 *calls[i][1], *calls[i][2])) for i in missing])
+                                                 *calls[i][1], *calls[i][2])) for i in missing],
+                                replicas)
         for i, reply in zip(missing, again):
             replies[i] = reply
     for reply in replies:

@@ -16,6 +16,8 @@ from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from state.replicas import Replicas
+
 
 class DirectLane:
     """Connections built like the client's pool builds them, used one call at a time.
@@ -42,31 +44,45 @@ class DirectLane:
             await conn.disconnect()
             await conn.connect()
 
-    async def execute(self, *args: str | bytes | int) -> object:
-        """Send one command and return its parsed answer; an error reply raises it."""
+    async def execute(self, *args: str | bytes | int, replicas: Replicas | None = None) -> object:
+        """Send one command and return its parsed answer; an error reply raises it. With
+        ``replicas``, WAIT follows in the same packet and too few acknowledgements raise
+        ``NotReplicated`` (``state.replicas``)."""
         packed = pack_command(args)
+        if replicas is not None:
+            packed += pack_command(replicas.command)
         conn = self._idle.pop() if self._idle else self._make()
+        error = None
         try:
             await self._connected(conn)
             await conn.send_packed_command(packed, check_health=False)
-            answer = await conn.read_response()
-        except ResponseError:
-            # An error reply (NOSCRIPT, a script error) was read whole: still in step.
-            self._idle.append(conn)
-            raise
+            try:
+                answer = await conn.read_response()
+            except ResponseError as exc:
+                # An error reply (NOSCRIPT, a script error) was read whole: still in step once
+                # WAIT's reply is read too.
+                error = exc
+            if replicas is not None:
+                acknowledged = await conn.read_response()
         except BaseException:
             # Timed out, cancelled or broken mid-call: an answer may still be in flight, so the
             # connection can never be reused.
             await conn.disconnect(nowait=True)
             raise
         self._idle.append(conn)
+        if error is not None:
+            raise error
+        if replicas is not None:
+            replicas.check(acknowledged)
         return answer
 
-    async def evalsha(self, sha: str, numkeys: int, *keys_and_args) -> object:
-        return await self.execute("EVALSHA", sha, numkeys, *keys_and_args)
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args,
+                      replicas: Replicas | None = None) -> object:
+        return await self.execute("EVALSHA", sha, numkeys, *keys_and_args, replicas=replicas)
 
-    async def eval(self, script: str, numkeys: int, *keys_and_args) -> object:
-        return await self.execute("EVAL", script, numkeys, *keys_and_args)
+    async def eval(self, script: str, numkeys: int, *keys_and_args,
+                   replicas: Replicas | None = None) -> object:
+        return await self.execute("EVAL", script, numkeys, *keys_and_args, replicas=replicas)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []

@@ -13,6 +13,11 @@ A caller that gives up (its ``asyncio.timeout``) leaves its future in the FIFO: 
 arrives later is dropped, so the pairing never slips. A connection that answers nothing for
 ``stall_s`` while calls wait is closed and every waiting call fails: a paused or unreachable
 server cannot make the FIFO and the write buffer grow without bound.
+
+Security records that must outlive the primary (``state.replicas``) ask for ``replicas``: one
+``WAIT`` then ends the write they leave in, and answers for all of them at once (WAIT covers
+every earlier write of the connection). A WAIT per call would hold the connection once per
+call, since Redis reads nothing more from a client blocked in WAIT.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from redis._parsers.base import BaseParser
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
+
+from state.replicas import Replicas
 
 READ_CHUNK = 1 << 16
 
@@ -44,12 +51,14 @@ class PipelinedLane:
         self._out: list[bytes] = []
         self._waiting: deque[asyncio.Future] = deque()
         self._flush: asyncio.Handle | None = None
+        self._acks: dict[Replicas, asyncio.Future] = {}   # the WAITs ending the next write
         self._reader_task: asyncio.Task | None = None
         self._last_answer = 0.0
 
-    async def execute(self, *args: str | bytes | int) -> object:
+    async def execute(self, *args: str | bytes | int, replicas: Replicas | None = None) -> object:
         """Send one command (with whatever else this loop iteration sends) and return its
-        parsed answer; an error reply raises it."""
+        parsed answer; an error reply raises it. With ``replicas``, the answer comes once the
+        WAIT that ends its write says enough replicas hold it (``NotReplicated`` otherwise)."""
         if self._writer is None:
             await self._connect()
         loop = asyncio.get_running_loop()
@@ -59,24 +68,50 @@ class PipelinedLane:
             self._last_answer = loop.time()
         elif loop.time() - self._last_answer > self._stall_s:
             self._reset(RedisConnectionError("no answer from the server"))
-            return await self.execute(*args)
+            return await self.execute(*args, replicas=replicas)
         self._waiting.append(answer)
         self._out.append(hiredis.pack_command(args))
+        acked = None
+        if replicas is not None:
+            acked = self._acks.get(replicas)
+            if acked is None:
+                acked = self._acks[replicas] = loop.create_future()
         if self._flush is None:
             self._flush = loop.call_soon(self._write)
-        return await answer
+        if acked is None:
+            return await answer
+        error = result = None
+        try:
+            result = await answer
+        except ResponseError as exc:
+            error = exc    # a script may have written before it failed: its WAIT still counts
+        try:
+            # Shared by every call of the write: one caller giving up must not cancel it.
+            acknowledged = await asyncio.shield(acked)
+        except ResponseError as exc:
+            acknowledged = exc
+        replicas.check(acknowledged)
+        if error is not None:
+            raise error
+        return result
 
-    async def evalsha(self, sha: str, numkeys: int, *keys_and_args) -> object:
-        return await self.execute("EVALSHA", sha, numkeys, *keys_and_args)
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args,
+                      replicas: Replicas | None = None) -> object:
+        return await self.execute("EVALSHA", sha, numkeys, *keys_and_args, replicas=replicas)
 
-    async def eval(self, script: str, numkeys: int, *keys_and_args) -> object:
-        return await self.execute("EVAL", script, numkeys, *keys_and_args)
+    async def eval(self, script: str, numkeys: int, *keys_and_args,
+                   replicas: Replicas | None = None) -> object:
+        return await self.execute("EVAL", script, numkeys, *keys_and_args, replicas=replicas)
 
     def _write(self) -> None:
         self._flush = None
         out, self._out = self._out, []
+        acks, self._acks = self._acks, {}
         if self._writer is None:     # reset since these were queued: their calls failed
             return
+        for replicas, acked in acks.items():
+            out.append(hiredis.pack_command(replicas.command))
+            self._waiting.append(acked)
         self._writer.write(b"".join(out))
 
     async def _connect(self) -> None:
@@ -134,6 +169,8 @@ class PipelinedLane:
         self._conn = self._writer = self._reader_task = None
         self._out = []
         waiting, self._waiting = self._waiting, deque()
+        acks, self._acks = self._acks, {}
+        waiting.extend(acks.values())
         for answer in waiting:
             if not answer.done():
                 answer.set_exception(error)

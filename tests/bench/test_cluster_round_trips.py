@@ -56,7 +56,8 @@ def gw(start_gateway, redis_cluster, upstream, tmp_path):
     rules.mkdir()
     (rules / "pack.yaml").write_text(RULES)
     gateway = start_gateway(config := {
-        "state": {"backend": "redis", "url": redis_cluster.url, "cluster": True},
+        "state": {"backend": "redis", "url": redis_cluster.url, "cluster": True,
+                  "wait_replicas": 0},   # the test cluster has no replicas
         "rules": {"path": str(rules), "reload": "off"},
         "routes": [{"name": "payments", "match": {"path": "/pay", "methods": ["POST"]},
                     "upstream": upstream.url, "transaction": TX}],

@@ -67,7 +67,7 @@ def test_match_needs_exactly_one_path_and_names_are_unique():
 
 def test_redis_url_comes_from_the_environment():
     assert errors_of({"state": {"backend": "redis"}}) == [
-        "state: the redis backend needs url (or TXGATE_REDIS_URL)"]
+        "state: the redis backend needs url (or TXGATE_REDIS_URL) or sentinel"]
     config = parse_config({"state": {"backend": "redis"}}, {"TXGATE_REDIS_URL": "redis://h:1/0"})
     assert config.state.url == "redis://h:1/0"
 
@@ -134,3 +134,24 @@ def test_an_attribute_has_one_type_across_routes():
         "routes: attribute 'count' is a boolean in route 'b' but a number in route 'payments'"]
     c = {**ROUTE, "name": "c", "transaction": {"count": {"from": "json:$.n", "type": "number"}}}
     assert parse_config({"routes": [a, c]}, {}).routes[1].name == "c"
+
+
+def test_sentinel_is_checked_and_waits_for_one_replica_by_default():
+    sentinel = {"master": "txgate", "nodes": ["127.0.0.1:26379", "10.0.0.2:26379"]}
+    config = parse_config({"state": {"backend": "redis", "sentinel": sentinel}}, {})
+    assert config.state.backend_options()["sentinel"] == (
+        "txgate", [("127.0.0.1", 26379), ("10.0.0.2", 26379)])
+    assert config.state.replicas == 1
+    cluster = parse_config({"state": {"backend": "redis", "url": "redis://h:1", "cluster": True}})
+    assert cluster.state.replicas == 1
+    single = parse_config({"state": {"backend": "redis", "url": "redis://h:1"}})
+    assert single.state.replicas == 0
+    assert parse_config({"state": {"backend": "redis", "sentinel": sentinel,
+                                   "wait_replicas": 2}}).state.replicas == 2
+    assert errors_of({"state": {"backend": "redis", "sentinel": {**sentinel,
+                                                                 "nodes": ["nohost"]}}}) == [
+        "state.sentinel.nodes: expected HOST:PORT"]
+    assert errors_of({"state": {"backend": "redis", "sentinel": sentinel, "cluster": True}}) == [
+        "state: cluster and sentinel exclude each other"]
+    assert errors_of({"state": {"backend": "redis", "url": "redis://h:1",
+                                "wait_replicas": -1}})[0].startswith("state.wait_replicas: ")

@@ -226,7 +226,8 @@ def test_gateway_on_a_cluster_writes_the_stream_to_its_slot(start_gateway, upstr
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "r.yaml").write_text("version: 1\nrules: []\n")
     gw = start_gateway({
-        "state": {"backend": "redis", "url": redis_cluster.url, "cluster": True},
+        "state": {"backend": "redis", "url": redis_cluster.url, "cluster": True,
+                  "wait_replicas": 0},   # the test cluster has no replicas
         "rules": {"path": str(tmp_path / "rules"), "reload": "off"},
         "decision_log": {"path": None, "redis_stream": stream},
         "routes": [{"name": "payments", "match": {"path": "/pay"}, "upstream": upstream.url,

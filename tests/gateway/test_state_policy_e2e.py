@@ -144,7 +144,7 @@ def test_a_slow_store_is_handled_like_a_down_one(redis_gateway, redis_server, up
 def test_two_gateways_share_one_view(store, request, start_gateway, upstream, tmp_path):
     target = request.getfixturevalue(store)
     state = {"backend": "redis", "url": target.url, "cluster": store == "redis_cluster",
-             "timeout_ms": 500}
+             "timeout_ms": 500, "wait_replicas": 0}   # the test cluster has no replicas
     first = start_gateway(_config(tmp_path, upstream, state))
     second = start_gateway(_config(tmp_path, upstream, state))
     client = _client(first)

@@ -9,11 +9,15 @@ counts the read events it handled; ``INFO clients``), never from timings.
 from __future__ import annotations
 
 import asyncio
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import redis
 
 from state import StateError, create_backend
+from tests.fixtures.redis import RedisServer
 
 
 class Server:
@@ -23,8 +27,12 @@ class Server:
     def __init__(self, redis_server):
         self._client = redis.Redis.from_url(redis_server.url)
 
-    def __getitem__(self, name: str) -> int:
-        return int(self._client.info("everything")[name])
+    def __getitem__(self, name: str):
+        value = self._client.info("everything")[name]
+        return value if isinstance(value, dict) else int(value)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._client.info("everything")
 
 
 def test_calls_of_one_loop_iteration_leave_in_one_write(redis_server):
@@ -120,3 +128,37 @@ def test_a_server_silent_for_the_stall_time_gets_a_fresh_connection(redis_server
     assert failed >= 2
     # A fresh connection replaced the stalled one, which was closed, not kept beside it.
     assert grown == 0
+
+
+def test_security_writes_of_one_write_share_one_wait(_redis_dir):
+    """Twenty claims in one loop iteration: one WAIT ends their write and answers for all of
+    them (a WAIT each would hold the connection twenty times), and each is on the replica
+    when its answer comes."""
+    directory = Path(tempfile.mkdtemp(prefix="wait-", dir=_redis_dir))
+    primary = RedisServer(directory)
+    replica = RedisServer(directory, replica_of=primary.port)
+    try:
+        primary.start()
+        replica.start()
+        while replica.cli("ROLE")[3] != "connected":
+            time.sleep(0.05)
+        server = Server(primary)
+
+        async def scenario():
+            backend = create_backend("redis", primary.url, False, 2000, wait_replicas=1)
+            await backend.ping()
+            waits = server["cmdstat_wait"]["calls"] if "cmdstat_wait" in server else 0
+            claimed = await asyncio.gather(*[backend.claim(f"{{c:{i}}}:sig", 60)
+                                             for i in range(20)])
+            on_replica = [replica.cli("GET", f"{{c:{i}}}:sig") for i in range(20)]
+            waits = server["cmdstat_wait"]["calls"] - waits
+            await backend.close()
+            return claimed, on_replica, waits
+
+        claimed, on_replica, waits = asyncio.run(scenario())
+        assert claimed == [True] * 20
+        assert on_replica == ["1"] * 20
+        assert waits == 1
+    finally:
+        replica.stop()
+        primary.stop()
