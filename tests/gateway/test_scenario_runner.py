@@ -184,3 +184,33 @@ def test_min_tier_of_the_route_applies(tmp_path):
             - {at: +0s, expect: {action: allow, outcome: step_up}}
             - {at: +0s, passed: otp, expect: {action: allow, outcome: allow, tier: otp}}
         """, config)
+
+
+CLOCK_RULES = """\
+rules:
+  - {id: NIGHT, when: hour < 5, score: 1}
+  - {id: WEEKEND, when: weekday >= 5, score: 1}
+  - {id: MONDAY, when: weekday == 0, score: 1}
+"""
+
+
+@pytest.mark.parametrize("zone, night, weekend", [
+    # 2026-01-05T03:00Z is Monday 03:00 in UTC, Monday 04:00 in Berlin and Sunday 22:00 in New York.
+    (None, True, False), ("UTC", True, False), ("Europe/Berlin", True, False),
+    ("America/New_York", False, True)])
+def test_hour_and_weekday_are_local_to_rules_timezone(tmp_path, zone, night, weekend):
+    (tmp_path / "r.yaml").write_text(CLOCK_RULES)
+    expect = (f"rules: [{'NIGHT, ' if night else ''}{'WEEKEND' if weekend else 'MONDAY'}], "
+              f"not_rules: [{'' if night else 'NIGHT, '}{'MONDAY' if weekend else 'WEEKEND'}]")
+    (tmp_path / "r_test.yaml").write_text(textwrap.dedent(f"""\
+        - name: one payment at 03:00 UTC on a Monday
+          start: "2026-01-05T03:00:00Z"
+          steps:
+            - {{transaction: {{user_id: u1, amount: 5, currency: EUR, payee: P1}},
+               expect: {{{expect}}}}}
+        """))
+    config = None if zone is None else parse_config({"rules": {"timezone": zone},
+                                                     "routes": [ROUTE]}, {})
+    out, err = io.StringIO(), io.StringIO()
+    code = run_tests(tmp_path, out=out, err=err, scenario_runner=ScenarioRunner(config))
+    assert code == 0, out.getvalue() + err.getvalue()
