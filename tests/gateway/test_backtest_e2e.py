@@ -240,9 +240,9 @@ def test_explain_a_step_up_answered_then_under_the_candidate(traffic):
     assert f"  * line {first}: " in out
     assert "  amount = 300\n" in out and '  user_id = "bob"\n' in out
     assert "logged decision: step_up (action require_otp, score 0.0)" in out
-    assert "  set by: action require_otp of T-OTP" in out
+    assert "  set by: rule T-OTP" in out
     assert "    when: amount >= 250   [" in out and "    read: amount = 300" in out
-    assert out.rstrip().endswith("  set by: action deny of T-DENY")
+    assert out.rstrip().endswith("  set by: rule T-DENY")
     assert ": deny (score 0)" in out
 
 
@@ -253,7 +253,7 @@ def test_explain_under_the_configured_rules_and_unknown_ids(traffic):
     assert "(the logged rules were" not in result.stdout   # the configured set logged it
     assert "one transaction" not in result.stdout
     assert result.stdout.rstrip().endswith(
-        "set by: no enforced rule action; score 0 below every threshold (review 50, require_otp 70, deny 100)")
+        "set by: score 0 < review 50")
     missing = explain(traffic, "nope")
     assert missing.returncode == 1 and missing.stderr == f"{traffic['log']}: no record with request_id nope\n"
 

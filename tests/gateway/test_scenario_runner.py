@@ -51,7 +51,7 @@ def test_attempts_count_and_a_denied_or_unanswered_request_leaves_no_allow_count
             - {at: +0s, expect: {action: require_otp, rules: [NEWPAYEE], outcome: step_up}}
             - {at: +1m, transaction: {country: KP}, expect: {rules: [NEWPAYEE, BLOCKED], outcome: deny}}
             - {at: +2m, expect: {rules: [NEWPAYEE], not_rules: [BURST], outcome: step_up}}
-            - {at: +3m, expect: {action: deny, rules: [BURST], outcome: deny}}
+            - {at: +3m, expect: {action: deny, rules: [BURST], set_by: rule BURST, outcome: deny}}
             - {at: +2h, passed: otp, expect: {rules: [NEWPAYEE], outcome: allow, tier: otp}}
             - {at: +3h, expect: {not_rules: [NEWPAYEE], outcome: allow, tier: client}}
         """)
