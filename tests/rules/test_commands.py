@@ -27,9 +27,12 @@ def run(fn, *args, **options):
 
 def test_default_pack_tests_pass():
     out, err = io.StringIO(), io.StringIO()
-    code = run_tests(PACK, out=out, err=err, scenario_runner=ScenarioRunner())
+    code = run_tests(PACK, out=out, err=err, scenario_runner=ScenarioRunner(),
+                     require_coverage=True)
     out = out.getvalue()
     assert code == 0, out + err.getvalue()
+    with load_rules(PACK) as rs:
+        assert out.strip().splitlines()[-3] == f"coverage: every rule ({len(rs.rules)}) has a positive case"
     passed = int(out.strip().splitlines()[-1].split()[0])
     assert out.strip().splitlines()[-1] == f"{passed} passed, 0 failed" and passed >= 150
     kinds = out.strip().splitlines()[-2]
