@@ -155,7 +155,8 @@ def test_outcomes_by_hand(traffic):
     changes = {c["request_id"]: c for c in doc["changes"]}
     assert changes[ids["tx4"][0]] == {"request_id": ids["tx4"][0], "line": changes[ids["tx4"][0]]["line"],
                                       "user_id": "bob", "amount": 300.0, "from": "require_otp",
-                                      "to": "deny", "added": ["T-DENY"], "removed": []}
+                                      "to": "deny", "from_set_by": "rule T-OTP",
+                                      "to_set_by": "rule T-DENY", "added": ["T-DENY"], "removed": []}
     assert changes[ids["tx6"]]["added"] == ["C-NEW"]
 
 
@@ -180,7 +181,8 @@ def test_text_report_and_changes(traffic):
     assert "2 decisions change" in out
     assert "step-ups (logged): 1 passed, 1 failed, 1 abandoned, 1 pending" in out
     assert any(line.split() == ["T-OTP", "4", "4", "+0", "1", "1", "1", "1"] for line in out.splitlines())
-    assert f"  {traffic['ids']['tx6']}  user=carol  amount=20  allow -> require_otp  +C-NEW" in out
+    assert (f"  {traffic['ids']['tx6']}  user=carol  amount=20  allow (score 0 < review 50) -> "
+            "require_otp (rule C-NEW)  +C-NEW") in out
 
 
 def test_bad_label_rows_fail_with_file_and_line_unless_skipped(traffic):
