@@ -43,7 +43,8 @@ def check(path, out=None, err=None, attribute_types: dict[str, str] | None = Non
     with rs:
         print(f"OK: {len(rs.rules)} rules, {len(rs.counters)} counters, version {rs.version}", file=out)
         if attribute_types is not None:
-            print(f"attribute names checked against the transaction fields of {config}", file=out)
+            print("attribute names checked against the transaction fields of "
+                  f"{config or 'the routes given'}", file=out)
             return 0
         unchecked = unchecked_attributes(rs)
     if unchecked:
