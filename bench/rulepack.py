@@ -1,10 +1,11 @@
 """The packs the benchmark runs: the shipped pack, and a 500-rule pack of it plus generated
-rules of the same shapes; both independent of the hour the benchmark runs at.
+rules of the same shapes; both independent of the time the benchmark runs at.
 
 The shipped pack's night-time rules (``hour`` in their condition) step up or score payments
-between 00:00 and 06:00 UTC, so the decision mix — and with it the CPU per request — would
-depend on when ``make bench`` runs. In the benchmark's copies those rules are ``mode: shadow``:
-still evaluated on every request (the engine's work is the same), never enforced.
+between 00:00 and 06:00 local time, so the decision mix — and with it the CPU per request —
+would depend on when ``make bench`` runs; a rule reading ``weekday`` would depend on the day.
+In the benchmark's copies every rule reading either is ``mode: shadow``: still evaluated on
+every request (the engine's work is the same), never enforced.
 
 The extra rules look like what a fraud team accumulates: per-segment amount limits, velocity
 variants and shadow candidates. Most do not fire on ordinary traffic (as in production, where
@@ -50,26 +51,35 @@ def generated(count: int) -> list[dict]:
     return out
 
 
-def _hour_free(text: str) -> str:
-    """``text`` with ``mode: shadow`` added to every rule whose condition reads ``hour``.
+# The built-ins that change with the clock (gateway.features).
+_CLOCK = re.compile(r"\b(?:hour|weekday)\b")
+
+
+def clock_free(text: str) -> str:
+    """``text`` with every rule whose condition reads ``hour`` or ``weekday`` in shadow mode.
     Edited as text: the pack is YAML 1.2 as rules.yamlsrc reads it (``on:``, ``NO``), which a
     PyYAML round trip would turn into booleans."""
     blocks = re.split(r"(?m)^(?=\s*- id: )", text)
     for i, block in enumerate(blocks):
-        when = re.search(r"(?m)^(\s+)when: .*\bhour\b.*$", block)
-        if when and not re.search(r"(?m)^\s+mode: ", block):
+        when = re.search(r"(?m)^(\s+)when: (.*)$", block)
+        if when is None or not _CLOCK.search(when.group(2)):
+            continue
+        mode = re.search(r"(?m)^(\s+)mode: .*$", block)
+        if mode:
+            blocks[i] = block[:mode.start()] + f"{mode.group(1)}mode: shadow" + block[mode.end():]
+        else:
             blocks[i] = block[:when.end()] + f"\n{when.group(1)}mode: shadow" + block[when.end():]
     return "".join(blocks)
 
 
 def build(out: Path, total: int = 0) -> int:
-    """The shipped pack, hour-free, in ``out``; with ``total``, generated rules up to it."""
+    """The shipped pack, clock-free, in ``out``; with ``total``, generated rules up to it."""
     out.mkdir(parents=True, exist_ok=True)
     shipped = 0
     for source in sorted(DEFAULT.glob("*.yaml")):
         if source.name.endswith("_test.yaml"):
             continue
-        text = _hour_free(source.read_text())
+        text = clock_free(source.read_text())
         (out / source.name).write_text(text)
         shipped += len(re.findall(r"(?m)^\s*- id: ", text))
     extra = generated(max(0, total - shipped))

@@ -21,7 +21,7 @@ SEP = b"\x1e"
 PAYMENTS = "/v1/payments"
 ACCOUNTS = "/v1/accounts/"
 # Three payments per user stay under every per-user velocity rule of the shipped pack, even
-# the night-time ones (TIM-004: 4 an hour before 06:00 UTC).
+# the night-time ones (TIM-004: 4 an hour before 06:00 in rules.timezone).
 PAYMENTS_PER_USER = 3
 
 

@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         p = rsub.add_parser(name)
         p.add_argument("dir", nargs="?", default=None)
         p.add_argument("--config", default=None)
+    rsub.choices["test"].add_argument(
+        "--require-coverage", action="store_true",
+        help="fail when a rule has no case or scenario step expecting it to match")
     replay = rsub.add_parser("replay")
     replay.add_argument("--log", required=True)
     replay.add_argument("--rules", default=None)
@@ -174,7 +177,8 @@ def _rules(args) -> int:
         config = _load_config(args)
         types = Router.of(config).attribute_types() or None
     if args.action == "check":
-        return commands.check(_rules_dir(args, args.dir), attribute_types=types)
+        return commands.check(_rules_dir(args, args.dir), attribute_types=types,
+                              config=_config_path(args))
     if args.action == "test":
         from gateway.rates import RatesError
         from gateway.scenario_runner import ScenarioRunner
@@ -184,7 +188,7 @@ def _rules(args) -> int:
             raise UsageError("\n".join(exc.errors)) from None
         # Scenarios run through the gateway's own extraction (with a config) and counters.
         return commands.run_tests(_rules_dir(args, args.dir), attribute_types=types,
-                                  scenario_runner=runner)
+                                  scenario_runner=runner, require_coverage=args.require_coverage)
     from gateway.backtest import RecomputedCounters
     from gateway.config import Config
     from gateway.velocity import settle_window_s

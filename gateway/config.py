@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -101,6 +102,31 @@ class StateConfig(_Strict):
 class RulesConfig(_Strict):
     path: str = DEFAULT_RULES
     reload: Literal["watch", "signal", "off"] = "watch"
+    # The zone of the built-ins `hour` and `weekday`: rules about the night mean the customers'
+    # night, whatever zone the servers run in.
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana(cls, value: str) -> str:
+        zone_of(value)
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return zone_of(self.timezone)
+
+
+def zone_of(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``; ValueError naming it otherwise. ``localtime`` is refused:
+    it is whatever the machine is set to, which is what an explicit zone is there to avoid."""
+    try:
+        if name != "localtime":
+            return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        pass
+    raise ValueError(f"unknown time zone {name!r} (an IANA name such as Europe/Berlin, "
+                     "America/New_York or UTC)")
 
 
 class CurrenciesConfig(_Strict):

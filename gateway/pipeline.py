@@ -114,7 +114,7 @@ class Pipeline:
         req = ex.request
         ex.transaction = ex.route.extractor.extract(ex.body, req.headers, ex.client_id,
                                                     ex.normalized)
-        ex.attrs = {**builtin_attributes(ex), **ex.transaction}
+        ex.attrs = {**builtin_attributes(ex, self.s.zone), **ex.transaction}
         ex.attrs.update(money_attributes(ex.transaction, self.s.rates.current,
                                          ex.route.config.currency_without_rate))
 

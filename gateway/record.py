@@ -74,6 +74,7 @@ class Recorder:
             "decision": decided,
             "action": decision.action if decision else None,
             "score": decision.score if decision else None,
+            "set_by": decision.set_by if decision else None,
             "rules": [_hit(h) for h in decision.hits] if decision else [],
             "features": ex.attrs,
             "transaction": ex.transaction,

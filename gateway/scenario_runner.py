@@ -73,6 +73,8 @@ class ScenarioRunner:
         gateway = config or Config()
         currencies = gateway.currencies
         self._settle_s = settle_window_s(gateway.limits.upstream_timeout_s)
+        # A scenario's `start` is UTC; its steps' hour and weekday are local to this zone.
+        self._zone = gateway.rules.zone
         self._base = currencies.base
         self._rates = load_rates(currencies.rates, currencies.base)
 
@@ -135,7 +137,8 @@ class ScenarioRunner:
                 clock.now = scenario.start + step.at_s + i * step.every_s
                 events += 1
                 yield step, i, await _Step(rs, route, route_name, velocity, rates, step, clock.now,
-                                           f"s{events}", scenario.currency_without_rate).run()
+                                           self._zone, f"s{events}",
+                                           scenario.currency_without_rate).run()
 
 
 class _Clock:
@@ -148,10 +151,10 @@ class _Clock:
 
 class _Step:
     def __init__(self, rs, route: Route | None, route_name: str, velocity: Velocity,
-                 rates: Rates, step: Step, now: float, event_id: str, policy: str | None):
+                 rates: Rates, step: Step, now: float, zone, event_id: str, policy: str | None):
         self.rs, self.route, self.route_name = rs, route, route_name
         self.velocity, self.rates, self.step = velocity, rates, step
-        self.now, self.event_id = now, event_id
+        self.now, self.zone, self.event_id = now, zone, event_id
         # Without a config, a route's defaults (RouteConfig) apply.
         self.min_tier = route.config.min_tier if route is not None else "client"
         self.policy = policy or (route.config.currency_without_rate if route is not None
@@ -209,7 +212,7 @@ class _Step:
         """One request of the step: built-ins, counters (one observe), the decision."""
         extra = self.extra
         attrs = {**builtins(self.route_name, _METHOD, tier, extra.get("client_id", DEFAULT_CLIENT),
-                            extra.get("ip"), self.now), **self.transaction, **self.money}
+                            extra.get("ip"), self.now, self.zone), **self.transaction, **self.money}
         request = _Request(attrs, self.event_id, self.velocity, self.event_id)
         observation = await self.velocity.observe_once(attrs, self.event_id, ())
         request.observation = observation

@@ -58,6 +58,7 @@ class Services:
                              challenge_ttl_s=config.auth.challenge_ttl_s,
                              on_outcome=lambda method, outcome: STEPUP.labels(method, outcome).inc())
         self.rulebook = RuleBook(config.rules.path, self.router.attribute_types())
+        self.zone = config.rules.zone   # of the built-ins hour and weekday
         self.rates = RateBook(config.currencies.rates, config.currencies.base)
         self._velocity: dict[str, VelocityPair] = {}
         self.rulebook.listeners.append(self._rebuild_velocity)

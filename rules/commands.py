@@ -10,7 +10,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rules.loader import RuleLoadError, load_rules, case_files
+from rules.loader import RuleLoadError, case_files, load_rules, unchecked_attributes
 from rules.explain import explain as explain_request
 from rules.labels import parse_time, read_labels
 from rules.outcomes import outcomes
@@ -29,21 +29,38 @@ def _load(path, err, attribute_types):
         return None
 
 
-def check(path, out=None, err=None, attribute_types: dict[str, str] | None = None) -> int:
-    """Validate a rules directory: errors as FILE:LINE: message on err; 0 when it loads."""
+def check(path, out=None, err=None, attribute_types: dict[str, str] | None = None,
+          config: str | None = None) -> int:
+    """Validate a rules directory: errors as FILE:LINE: message on err; 0 when it loads.
+
+    Attribute names are checked against ``attribute_types`` (the transaction fields of
+    ``config``'s routes). Without them, the last line lists the names that could not be
+    checked, so that a typo never passes unseen."""
     out, err = out or sys.stdout, err or sys.stderr
     rs = _load(path, err, attribute_types)
     if rs is None:
         return 1
     with rs:
         print(f"OK: {len(rs.rules)} rules, {len(rs.counters)} counters, version {rs.version}", file=out)
+        if attribute_types is not None:
+            print("attribute names checked against the transaction fields of "
+                  f"{config or 'the routes given'}", file=out)
+            return 0
+        unchecked = unchecked_attributes(rs)
+    if unchecked:
+        why = (f"{config} declares no transaction fields" if config is not None
+               else "no config: give --config FILE, or run where the gateway's txgate.yaml is")
+        names = ", ".join(name + (f" (did you mean {near}?)" if near else "")
+                          for name, near in unchecked.items())
+        print(f"not checked ({why}): {names}", file=out)
     return 0
 
 
 def run_tests(path, out=None, err=None, attribute_types: dict[str, str] | None = None,
-              scenario_runner=None) -> int:
-    """Run the *_test.yaml cases and scenarios beside the rules; a line per kind, then
-    `N passed, N failed`; 1 on any failure.
+              scenario_runner=None, require_coverage: bool = False) -> int:
+    """Run the *_test.yaml cases and scenarios beside the rules; the coverage (the rules no
+    case or scenario step expects to match), a line per kind, then `N passed, N failed`; 1 on
+    any failure, and with ``require_coverage`` on any rule without a positive case.
 
     Scenarios need the gateway's counters: ``scenario_runner`` (gateway.scenario_runner,
     passed in by the CLI so that rules/ stays free of gateway/) runs them; without one they fail.
@@ -55,6 +72,7 @@ def run_tests(path, out=None, err=None, attribute_types: dict[str, str] | None =
         return 1
     tally = {"case": [0, 0], "scenario": [0, 0, 0]}   # passed, failed (, pending)
     invalid = skipped = 0
+    positive: set[str] = set()   # rules some case or scenario step expects to match
     with rs:
         files = case_files(Path(path)) if Path(path).exists() else []
         if not files:
@@ -71,8 +89,10 @@ def run_tests(path, out=None, err=None, attribute_types: dict[str, str] | None =
                     skipped += 1
                     print(f"SKIPPED scenario {case.where}: {case.name} (needs --config)", file=out)
                     continue
-                problems = _run_one(case, rs, scenario_runner)
                 pending = getattr(case, "pending", None)
+                if not pending:   # a pending scenario shows nothing yet
+                    positive.update(_expected_rules(case))
+                problems = _run_one(case, rs, scenario_runner)
                 if pending and problems:
                     tally[kind][2] += 1
                     print(f"PENDING scenario {case.where}: {case.name} ({pending})", file=out)
@@ -86,13 +106,25 @@ def run_tests(path, out=None, err=None, attribute_types: dict[str, str] | None =
                         print(f"    {p}", file=out)
                 else:
                     tally[kind][0] += 1
+        total, uncovered = len(rs.rules), [r.id for r in rs.rules if r.id not in positive]
+    coverage = (f"coverage: every rule ({total}) has a positive case" if not uncovered
+                else f"coverage: {total - len(uncovered)} of {total} rules have a positive case; "
+                     f"without one: {', '.join(uncovered)}")
+    print(("FAIL " if require_coverage and uncovered else "") + coverage, file=out)
     (cp, cf), (sp, sf, spend) = tally["case"], tally["scenario"]
     print(f"cases: {cp} passed, {cf} failed; scenarios: {sp} passed, {sf} failed, {spend} pending"
           + (f", {skipped} skipped" if skipped else "")
           + (f"; {invalid} invalid test items" if invalid else ""), file=out)
-    passed, failed = cp + sp, cf + sf + invalid
+    passed, failed = cp + sp, cf + sf + invalid + (len(uncovered) if require_coverage else 0)
     print(f"{passed} passed, {failed} failed", file=out)
     return 1 if failed or not passed else 0
+
+
+def _expected_rules(case) -> set[str]:
+    """The rules a case, or any step of a scenario, expects to match."""
+    if isinstance(case, Scenario):
+        return {r for step in case.steps for r in step.rules}
+    return set(case.rules)
 
 
 def _run_one(case, rs, scenario_runner) -> list[str]:

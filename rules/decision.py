@@ -22,6 +22,9 @@ class Decision:
     action: str
     score: float
     hits: tuple[Hit, ...]
+    # What made the action: "rule ID" (or "rules ID, ID") whose action it is,
+    # "score 130 >= require_device 100" for a threshold, "score 20 < review 50" for an allow.
+    set_by: str
 
     @property
     def required_tier(self) -> str | None:
@@ -30,7 +33,8 @@ class Decision:
 
 
 def combine(hits: tuple[Hit, ...], thresholds: tuple[tuple[float, str], ...]) -> Decision:
-    """Most severe of the enforced actions and of the highest threshold the enforced score reaches.
+    """Most severe of the enforced actions and of the highest threshold the enforced score reaches;
+    a rule's own action wins a tie with a threshold.
 
     `thresholds` is sorted by score ascending; shadow hits are carried along but never count.
     """
@@ -43,7 +47,23 @@ def combine(hits: tuple[Hit, ...], thresholds: tuple[tuple[float, str], ...]) ->
             action = h.action
         if h.score is not None:
             score += h.score
+    reached = None
     for limit, by_score in thresholds:
         if score >= limit and SEVERITY[by_score] > SEVERITY[action]:
-            action = by_score
-    return Decision(action, score, hits)
+            action, reached = by_score, limit
+    if reached is not None:
+        set_by = f"score {number(score)} >= {action} {number(reached)}"
+    elif action != "allow":
+        by_rule = [h.rule for h in hits if h.mode == "enforce" and h.action == action]
+        set_by = ("rule " if len(by_rule) == 1 else "rules ") + ", ".join(by_rule)
+    elif thresholds:
+        limit, lowest = thresholds[0]
+        set_by = f"score {number(score)} < {lowest} {number(limit)}"
+    else:
+        set_by = f"score {number(score)}, no threshold"
+    return Decision(action, score, hits, set_by)
+
+
+def number(x: float) -> str:
+    """A score as people write it: 130, 12.5, -20."""
+    return format(x, ".15g")

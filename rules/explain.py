@@ -2,7 +2,7 @@
 
 Prints the transaction (every record sharing the request's event id), every feature value the
 rules saw, each matched rule with its `when` and the values it read, the score and what set
-the decision; then what a rule set (`--rules`, else the configured one) decides on the same
+the decision (the record's ``set_by``); then what a rule set (`--rules`, else the configured one) decides on the same
 features, and why.
 """
 from __future__ import annotations
@@ -103,7 +103,7 @@ def explain(log_path, request_id: str, rs: RuleSet, rules_dir: str, out=None, er
         what = hit.action or f"score {hit.score:g}"
         print(f"  matched {hit.rule} ({what}, {hit.mode})", file=out)
         _print_rule(rules[hit.rule], features, out)
-    print(f"  set by: {reason(decision, rs.thresholds)}", file=out)
+    print(f"  set by: {why(decision)}", file=out)
     return 0
 
 
@@ -116,31 +116,29 @@ def _print_rule(rule, features: dict, out) -> None:
                                    for a in sorted(expr_attrs(rule.expr))), file=out)
 
 
-def reason(decision: Decision, thresholds: dict[str, float]) -> str:
-    """The enforced rule action or the score threshold that made the decision."""
-    enforced = [h for h in decision.hits if h.mode == "enforce"]
-    by_rule = [h.rule for h in enforced if h.action == decision.action]
-    if by_rule:
-        return f"action {decision.action} of {', '.join(by_rule)}"
-    limit = thresholds.get(decision.action)
-    if limit is not None and decision.score >= limit:
-        scored = [f"{h.rule} {h.score:+g}" for h in enforced if h.score is not None]
-        return (f"score {decision.score:g} ({', '.join(scored)}) reached the {decision.action} "
-                f"threshold {limit:g}")
-    passed = ", ".join(f"{a} {v:g}" for a, v in sorted(thresholds.items(), key=lambda kv: kv[1]))
-    return f"no enforced rule action; score {decision.score:g} below every threshold ({passed})"
+def why(decision: Decision) -> str:
+    """The decision's ``set_by``, with the enforced scores that make up a score it names."""
+    scored = [f"{h.rule} {h.score:+g}" for h in decision.hits
+              if h.mode == "enforce" and h.score is not None]
+    if decision.set_by.startswith("score ") and scored:
+        return f"{decision.set_by} ({', '.join(scored)})"
+    return decision.set_by
 
 
 def _logged_reason(record: dict, hits: list[dict]) -> str:
+    set_by = record.get("set_by")
+    if isinstance(set_by, str):
+        return set_by
     action = record.get("action")
     if not isinstance(action, str) or action not in SEVERITY:
         return f"no rule decision was made ({record.get('error') or record.get('decision')})"
+    # A record from before the decision log had set_by: what it can still tell.
     by_rule = [h.get("id") for h in hits if h.get("mode") == "enforce" and h.get("action") == action]
     if by_rule:
-        return f"action {action} of {', '.join(by_rule)}"
+        return ("rule " if len(by_rule) == 1 else "rules ") + ", ".join(map(str, by_rule))
     if action == "allow":
-        return "no enforced rule action, score below the logged set's thresholds"
-    return f"score {record.get('score')} reached the logged set's {action} threshold"
+        return f"score {record.get('score')}, below the logged set's thresholds"
+    return f"score {record.get('score')}, at or above the logged set's {action} threshold"
 
 
 def _when(ts) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from rules.expressions import And, Arith, Attr, Compare, Exists, Expr, In, Lit, Matches, Not, Or, operand_attrs
 
 BUILTINS = {"route": "string", "method": "string", "client_id": "string", "tier": "string",
-            "ip": "string", "channel": "string", "hour": "number",
+            "ip": "string", "channel": "string", "hour": "number", "weekday": "number",
             "amount_base": "number", "currency_unrated": "boolean"}
 # A transaction field's declared type (gateway config) -> the kind rules compare it as.
 TYPE_KIND = {"amount": "number", "currency": "string", "string": "string", "integer": "number",

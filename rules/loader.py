@@ -5,6 +5,7 @@ a bad file never produces a half-built rule set (the gateway keeps the running o
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import re
@@ -249,6 +250,17 @@ def _build(load: _Load, version: str) -> RuleSet:
                    lists=dict(load.lists), thresholds=thresholds,
                    kinds={k: v for k, v in kinds.items() if k in attribute_names or k == "route"},
                    attribute_names=frozenset(attribute_names))
+
+
+def unchecked_attributes(rs: RuleSet) -> dict[str, str | None]:
+    """Without attribute types (no config), the names rules and counters read that could only be
+    transaction fields, unchecked: name -> the built-in or counter it is close to (a likely
+    typo: `user_tx_1hh` -> `user_tx_1h`), else None."""
+    known = set(BUILTINS) | {c.feature for c in rs.counters}
+    read = set(rs.attribute_names) | {a for c in rs.counters
+                                      for a in c.key + ((c.field,) if c.field else ())}
+    return {name: next(iter(difflib.get_close_matches(name, sorted(known), 1, 0.8)), None)
+            for name in sorted(read - known)}
 
 
 _regex_verdicts: dict[str, str | None] = {}

@@ -149,12 +149,14 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def change_rows(report: ReplayReport) -> list[dict]:
-    """The transactions whose decision changes: id, user, amount, from -> to, rules +/-."""
+    """The transactions whose decision changes: id, user, amount, from -> to and what set
+    each (the logged set_by, None in records older than it), rules +/-."""
     return [_change(tx) for tx in report.transactions if tx.changed]
 
 
 def _change(tx: Transaction) -> dict:
     return {"request_id": tx.request_ids[0] if tx.request_ids else None, "line": tx.line,
             "user_id": tx.user_id, "amount": tx.amount, "from": tx.before, "to": tx.after,
+            "from_set_by": tx.before_set_by, "to_set_by": tx.after_set_by,
             "added": [r for r in tx.after_hits if r not in tx.before_hits],
             "removed": [r for r in tx.before_hits if r not in tx.after_hits]}

@@ -37,9 +37,11 @@ class Transaction:
     before: str                      # the logged action
     before_hits: tuple[str, ...]
     before_score: float | None
+    before_set_by: str | None        # the logged set_by (None in records older than it)
     after: str                       # the candidate's action
     after_hits: tuple[str, ...]
     after_score: float
+    after_set_by: str
     stepped_up: bool                 # the logged decision asked for a step-up
     last_ts: float | None = None     # the last record of the transaction
     answered: bool = False           # a later record answered the challenge
@@ -190,25 +192,25 @@ def digest(n: int, record: dict, rs: RuleSet, names: set, counters=None) -> tupl
                 counters.settle(record, after)
     transaction = record.get("transaction")
     amount = transaction.get("amount") if isinstance(transaction, dict) else None
-    score = record.get("score")
+    score, set_by = record.get("score"), record.get("set_by")
     logged_hits = record.get("rules")
     return (n, ts, event if isinstance(event, str) else None,
             request_id if isinstance(request_id, str) else None, record.get("user_id"),
             float(amount) if type(amount) in _NUMBERS else None, route, before,
             tuple(h["id"] for h in logged_hits
                   if isinstance(h, dict) and isinstance(h.get("id"), str)) if logged_hits else (),
-            score if type(score) in _NUMBERS else None, record.get("decision"), record.get("error"),
-            str(record.get("rules_version", "?")),
+            score if type(score) in _NUMBERS else None, set_by if isinstance(set_by, str) else None,
+            record.get("decision"), record.get("error"), str(record.get("rules_version", "?")),
             after.action if after else None,
             tuple(h.rule for h in after.hits) if after and after.hits else (),
-            after.score if after else 0.0, why)
+            after.score if after else 0.0, after.set_by if after else None, why)
 
 
 def _link(rows, report: ReplayReport) -> None:
     """Group digested records into transactions: a record whose event is open follows it."""
     open_events: dict[str, Transaction] = {}
-    for (n, ts, event, request_id, user_id, amount, route, before, before_hits, score, decision,
-         error, version, after, after_hits, after_score, why) in rows:
+    for (n, ts, event, request_id, user_id, amount, route, before, before_hits, score, set_by,
+         decision, error, version, after, after_hits, after_score, after_set_by, why) in rows:
         if ts is not None:
             report.first_ts = ts if report.first_ts is None else min(report.first_ts, ts)
             report.last_ts = ts if report.last_ts is None else max(report.last_ts, ts)
@@ -222,7 +224,8 @@ def _link(rows, report: ReplayReport) -> None:
         tx = Transaction(
             line=n, ts=ts, request_ids=[request_id] if request_id else [], user_id=user_id,
             amount=amount, route=route, before=before, before_hits=before_hits,
-            before_score=score, after=after, after_hits=after_hits, after_score=after_score,
+            before_score=score, before_set_by=set_by, after=after, after_hits=after_hits,
+            after_score=after_score, after_set_by=after_set_by,
             stepped_up=decision == "step_up", last_ts=ts)
         if tx.stepped_up and error in _FAILED:
             tx.ended = "failed"   # locked, or nothing enrolled: no challenge to answer

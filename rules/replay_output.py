@@ -102,7 +102,12 @@ def _print_changes(report: ReplayReport, out) -> None:
         amount = "-" if row["amount"] is None else f"{row['amount']:g}"
         moved = " ".join([f"+{r}" for r in row["added"]] + [f"-{r}" for r in row["removed"]])
         print(f"  {row['request_id'] or 'line ' + str(row['line'])}  user={row['user_id']}  "
-              f"amount={amount}  {row['from']} -> {row['to']}  {moved}".rstrip(), file=out)
+              f"amount={amount}  {_set(row['from'], row['from_set_by'])} -> "
+              f"{_set(row['to'], row['to_set_by'])}  {moved}".rstrip(), file=out)
+
+
+def _set(action: str, set_by: str | None) -> str:
+    return f"{action} ({set_by})" if set_by else action
 
 
 def _pct(x: float | None) -> str:

@@ -17,7 +17,7 @@ from rules.scenarios import Scenario, is_scenario, read_scenario
 from rules.yamlsrc import LineDict, line_of, load_yaml
 
 CASE_KEYS = {"name", "route", "tier", "transaction", "features", "expect"}
-EXPECT_KEYS = {"action", "rules", "not_rules", "score"}
+EXPECT_KEYS = {"action", "rules", "not_rules", "score", "set_by"}
 DEFAULT_ROUTE = "payments"
 
 
@@ -31,6 +31,7 @@ class Case:
     rules: tuple[str, ...]         # must all match
     not_rules: tuple[str, ...]     # must not match
     score: float | None
+    set_by: str | None = None      # the decision's set_by, exactly: "rule ATO-004"
 
 
 def read_cases(file: Path) -> tuple[list[Case | Scenario], list[str]]:
@@ -79,8 +80,11 @@ def read_cases(file: Path) -> tuple[list[Case | Scenario], list[str]]:
                 problems.append(f"{file}:{line_of(expect, k)}: expect.{k} must be a list of rule ids")
                 v = []
             lists[k] = tuple(v)
-        if not ({"action", "rules", "not_rules", "score"} & set(expect)):
+        if not (EXPECT_KEYS & set(expect)):
             problems.append(f"{where}: expect says nothing to check")
+        if "set_by" in expect and (not isinstance(expect["set_by"], str) or not expect["set_by"]):
+            problems.append(f"{file}:{line_of(expect, 'set_by')}: expect.set_by is text, as the "
+                            "decision log writes it (\"rule ATO-004\", \"score 130 >= deny 100\")")
         name = item.get("name")
         if not isinstance(name, str) or not name:
             problems.append(f"{where}: case needs a name")
@@ -88,7 +92,8 @@ def read_cases(file: Path) -> tuple[list[Case | Scenario], list[str]]:
             errors += problems
             continue
         cases.append(Case(name, where, item.get("route"), attrs, expect.get("action"),
-                          lists["rules"], lists["not_rules"], expect.get("score")))
+                          lists["rules"], lists["not_rules"], expect.get("score"),
+                          expect.get("set_by")))
     return cases, errors
 
 
@@ -139,4 +144,6 @@ def decision_failures(expected, decision) -> list[str]:
         failures.append(f"expected rules not to match: {', '.join(extra)}")
     if expected.score is not None and abs(decision.score - float(expected.score)) > 1e-9:
         failures.append(f"expected score {expected.score}, got {decision.score:g}")
+    if expected.set_by is not None and decision.set_by != expected.set_by:
+        failures.append(f"expected set_by {expected.set_by!r}, got {decision.set_by!r}")
     return failures

@@ -17,7 +17,7 @@ from rules.yamlsrc import LineDict, line_of
 SCENARIO_KEYS = {"name", "route", "start", "transaction", "steps", "pending", "rates",
                  "currency_without_rate", "config_only"}
 STEP_KEYS = {"at", "transaction", "passed", "repeat", "every", "expect"}
-STEP_EXPECT_KEYS = {"action", "rules", "not_rules", "score", "outcome", "tier"}
+STEP_EXPECT_KEYS = {"action", "rules", "not_rules", "score", "set_by", "outcome", "tier"}
 # What the gateway did in the end, as the decision log's `decision` says it.
 OUTCOMES = ("allow", "review", "step_up", "deny", "error")
 TIERS = ("client", "otp", "device")
@@ -43,6 +43,7 @@ class Step:
     score: float | None
     outcome: str | None
     tier: str | None                 # the tier the request ended with
+    set_by: str | None = None        # the first decision's set_by, exactly
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,12 @@ def _read_step(file, item, ln: int, common: dict, previous: int) -> tuple[Step |
     score = expect.get("score")
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
         errors.append(f"{file}:{line_of(expect, 'score')}: expect.score must be a number")
+    set_by = expect.get("set_by")
+    if set_by is not None and (not isinstance(set_by, str) or not set_by):
+        errors.append(f"{file}:{line_of(expect, 'set_by')}: expect.set_by is text, as the "
+                      "decision log writes it (\"rule ATO-004\", \"score 130 >= deny 100\")")
     if errors:
         return None, errors
     return Step(where, at_s, {**common, **transaction}, passed, repeat, every_s,
                 expect.get("action"), lists["rules"], lists["not_rules"], score,
-                expect.get("outcome"), expect.get("tier")), []
+                expect.get("outcome"), expect.get("tier"), set_by), []

@@ -155,7 +155,8 @@ def test_outcomes_by_hand(traffic):
     changes = {c["request_id"]: c for c in doc["changes"]}
     assert changes[ids["tx4"][0]] == {"request_id": ids["tx4"][0], "line": changes[ids["tx4"][0]]["line"],
                                       "user_id": "bob", "amount": 300.0, "from": "require_otp",
-                                      "to": "deny", "added": ["T-DENY"], "removed": []}
+                                      "to": "deny", "from_set_by": "rule T-OTP",
+                                      "to_set_by": "rule T-DENY", "added": ["T-DENY"], "removed": []}
     assert changes[ids["tx6"]]["added"] == ["C-NEW"]
 
 
@@ -180,7 +181,8 @@ def test_text_report_and_changes(traffic):
     assert "2 decisions change" in out
     assert "step-ups (logged): 1 passed, 1 failed, 1 abandoned, 1 pending" in out
     assert any(line.split() == ["T-OTP", "4", "4", "+0", "1", "1", "1", "1"] for line in out.splitlines())
-    assert f"  {traffic['ids']['tx6']}  user=carol  amount=20  allow -> require_otp  +C-NEW" in out
+    assert (f"  {traffic['ids']['tx6']}  user=carol  amount=20  allow (score 0 < review 50) -> "
+            "require_otp (rule C-NEW)  +C-NEW") in out
 
 
 def test_bad_label_rows_fail_with_file_and_line_unless_skipped(traffic):
@@ -240,9 +242,9 @@ def test_explain_a_step_up_answered_then_under_the_candidate(traffic):
     assert f"  * line {first}: " in out
     assert "  amount = 300\n" in out and '  user_id = "bob"\n' in out
     assert "logged decision: step_up (action require_otp, score 0.0)" in out
-    assert "  set by: action require_otp of T-OTP" in out
+    assert "  set by: rule T-OTP" in out
     assert "    when: amount >= 250   [" in out and "    read: amount = 300" in out
-    assert out.rstrip().endswith("  set by: action deny of T-DENY")
+    assert out.rstrip().endswith("  set by: rule T-DENY")
     assert ": deny (score 0)" in out
 
 
@@ -253,7 +255,7 @@ def test_explain_under_the_configured_rules_and_unknown_ids(traffic):
     assert "(the logged rules were" not in result.stdout   # the configured set logged it
     assert "one transaction" not in result.stdout
     assert result.stdout.rstrip().endswith(
-        "set by: no enforced rule action; score 0 below every threshold (review 50, require_otp 70, deny 100)")
+        "set by: score 0 < review 50")
     missing = explain(traffic, "nope")
     assert missing.returncode == 1 and missing.stderr == f"{traffic['log']}: no record with request_id nope\n"
 

@@ -127,16 +127,84 @@ def test_rates_that_do_not_load_stop_the_start_and_the_rule_tests(tmp_path):
 
 
 def test_rules_check_and_test_on_the_shipped_pack():
-    check = txgate("rules", "check", "rules/default")
+    check = txgate("rules", "check", "rules/default", "--config", "examples/txgate.yaml")
     assert check.returncode == 0, check.stderr
-    # Scenarios run too, and with a config through the routes' own extraction (min_tier included).
+    assert check.stdout.splitlines()[-1] == ("attribute names checked against the transaction "
+                                             "fields of examples/txgate.yaml")
+    # Scenarios run too, and with a config through the routes' own extraction (min_tier included);
+    # every rule has a case or a scenario step where it matches.
     for extra in ((), ("--config", "examples/txgate.yaml")):
-        test = txgate("rules", "test", "rules/default", *extra)
+        test = txgate("rules", "test", "rules/default", "--require-coverage", *extra)
         assert test.returncode == 0, test.stdout + test.stderr
-        kinds, last = test.stdout.strip().splitlines()[-2:]
+        coverage, kinds, last = test.stdout.strip().splitlines()[-3:]
+        assert re.fullmatch(r"coverage: every rule \(\d{2}\) has a positive case", coverage)
         passed, failed = last.split(", ")
         assert failed == "0 failed" and int(passed.split()[0]) >= 150
         assert re.fullmatch(r"cases: \d{3} passed, 0 failed; scenarios: \d{2} passed, 0 failed, .*", kinds)
+
+
+TYPO = """\
+version: 1
+counters:
+  - {name: user_tx_1h, key: [user_id], window: 1h, aggregate: count}
+rules:
+  - {id: T-1, description: burst, when: user_tx_1hh > 10, action: deny}
+  - {id: T-2, description: large, when: amount > 1000 and hour < 5, score: 30}
+"""
+
+
+def test_rules_check_without_a_config_names_what_it_could_not_check(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.yaml").write_text(TYPO)
+    alone = txgate("rules", "check", "rules", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.splitlines()[-1] == (
+        "not checked (no config: give --config FILE, or run where the gateway's txgate.yaml is): "
+        "amount, user_id, user_tx_1hh (did you mean user_tx_1h?)")
+    # A config without transaction fields checks nothing either, and says so.
+    (tmp_path / "txgate.yaml").write_text("routes: []\n")
+    empty = txgate("rules", "check", "rules", cwd=tmp_path)
+    assert empty.stdout.splitlines()[-1].startswith(
+        "not checked (txgate.yaml declares no transaction fields): amount, user_id, user_tx_1hh")
+    # The gateway's config where it would find it (./txgate.yaml): the typo is an error.
+    (tmp_path / "txgate.yaml").write_text(yaml.safe_dump({"routes": [{
+        "name": "pay", "match": {"path": "/pay"}, "upstream": "http://127.0.0.1:9000",
+        "transaction": {"user_id": "json:$.user_id", "amount": "json:$.amount"}}]}))
+    found = txgate("rules", "check", "rules", cwd=tmp_path)
+    assert found.returncode == 1
+    assert found.stderr.splitlines() == [f"{Path('rules') / 'r.yaml'}:5: unknown attribute "
+                                         "'user_tx_1hh': not a transaction field, built-in or counter"]
+    (rules / "r.yaml").write_text(TYPO.replace("user_tx_1hh", "user_tx_1h"))
+    fixed = txgate("rules", "check", "rules", cwd=tmp_path)
+    assert fixed.returncode == 0 and fixed.stdout.splitlines()[-1] == (
+        "attribute names checked against the transaction fields of txgate.yaml")
+
+
+def test_rules_test_prints_coverage_and_can_require_it(tmp_path):
+    (tmp_path / "r.yaml").write_text(TYPO.replace("user_tx_1hh", "user_tx_1h"))
+    (tmp_path / "r_test.yaml").write_text(
+        "- {name: burst, features: {user_tx_1h: 11}, expect: {rules: [T-1]}}\n"
+        "- {name: not large, transaction: {amount: 10, hour: 3}, expect: {not_rules: [T-2]}}\n"
+        "- name: large at night, shown by a scenario only while it is pending\n"
+        "  pending: not written yet\n"
+        "  start: '2026-01-05T03:00:00Z'\n"
+        "  steps: [{transaction: {user_id: u1, amount: 10}, expect: {rules: [T-2]}}]\n")
+    plain = txgate("rules", "test", str(tmp_path))
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert plain.stdout.splitlines()[-3] == (
+        "coverage: 1 of 2 rules have a positive case; without one: T-2")
+    required = txgate("rules", "test", str(tmp_path), "--require-coverage")
+    assert required.returncode == 1
+    assert required.stdout.splitlines()[-3:] == [
+        "FAIL coverage: 1 of 2 rules have a positive case; without one: T-2",
+        "cases: 2 passed, 0 failed; scenarios: 0 passed, 0 failed, 1 pending",
+        "2 passed, 1 failed"]
+    with (tmp_path / "r_test.yaml").open("a") as f:
+        f.write("- {name: large at night, transaction: {amount: 1001, hour: 3}, expect: {rules: [T-2]}}\n")
+    covered = txgate("rules", "test", str(tmp_path), "--require-coverage")
+    assert covered.returncode == 0, covered.stdout
+    assert covered.stdout.splitlines()[-3] == "coverage: every rule (2) has a positive case"
 
 
 def test_auth_commands_manage_credentials_on_redis(tmp_path, redis_server):

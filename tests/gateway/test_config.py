@@ -27,6 +27,7 @@ def test_defaults_match_the_contract():
     assert config.auth.totp.max_failures == 5 and config.auth.totp.lockout_s == 900
     assert config.auth.challenge_ttl_s == 300
     assert config.decision_log.path == "decisions.jsonl"
+    assert config.rules.timezone == "UTC"
 
 
 def test_errors_name_their_key_path_and_are_all_reported():
@@ -155,3 +156,17 @@ def test_sentinel_is_checked_and_waits_for_one_replica_by_default():
         "state: cluster and sentinel exclude each other"]
     assert errors_of({"state": {"backend": "redis", "url": "redis://h:1",
                                 "wait_replicas": -1}})[0].startswith("state.wait_replicas: ")
+
+
+def test_rules_timezone_is_an_iana_zone_and_a_bad_one_names_the_key(tmp_path):
+    zone = parse_config({"rules": {"timezone": "Europe/Berlin"}}, {}).rules.zone
+    assert str(zone) == "Europe/Berlin"
+    for bad in ("Europe/Berln", "CET+1", "", "../etc/passwd", "/etc/localtime", "localtime"):
+        [line] = errors_of({"rules": {"timezone": bad}})
+        assert line == (f"rules.timezone: unknown time zone {bad!r} (an IANA name such as "
+                        "Europe/Berlin, America/New_York or UTC)")
+    path = tmp_path / "txgate.yaml"
+    path.write_text("listen: 127.0.0.1:8080\nrules:\n  reload: off\n  timezone: Mars/Olympus\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert str(info.value).startswith(f"{path}:4: rules.timezone: unknown time zone 'Mars/Olympus'")

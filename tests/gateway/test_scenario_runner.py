@@ -51,7 +51,7 @@ def test_attempts_count_and_a_denied_or_unanswered_request_leaves_no_allow_count
             - {at: +0s, expect: {action: require_otp, rules: [NEWPAYEE], outcome: step_up}}
             - {at: +1m, transaction: {country: KP}, expect: {rules: [NEWPAYEE, BLOCKED], outcome: deny}}
             - {at: +2m, expect: {rules: [NEWPAYEE], not_rules: [BURST], outcome: step_up}}
-            - {at: +3m, expect: {action: deny, rules: [BURST], outcome: deny}}
+            - {at: +3m, expect: {action: deny, rules: [BURST], set_by: rule BURST, outcome: deny}}
             - {at: +2h, passed: otp, expect: {rules: [NEWPAYEE], outcome: allow, tier: otp}}
             - {at: +3h, expect: {not_rules: [NEWPAYEE], outcome: allow, tier: client}}
         """)
@@ -184,3 +184,33 @@ def test_min_tier_of_the_route_applies(tmp_path):
             - {at: +0s, expect: {action: allow, outcome: step_up}}
             - {at: +0s, passed: otp, expect: {action: allow, outcome: allow, tier: otp}}
         """, config)
+
+
+CLOCK_RULES = """\
+rules:
+  - {id: NIGHT, when: hour < 5, score: 1}
+  - {id: WEEKEND, when: weekday >= 5, score: 1}
+  - {id: MONDAY, when: weekday == 0, score: 1}
+"""
+
+
+@pytest.mark.parametrize("zone, night, weekend", [
+    # 2026-01-05T03:00Z is Monday 03:00 in UTC, Monday 04:00 in Berlin and Sunday 22:00 in New York.
+    (None, True, False), ("UTC", True, False), ("Europe/Berlin", True, False),
+    ("America/New_York", False, True)])
+def test_hour_and_weekday_are_local_to_rules_timezone(tmp_path, zone, night, weekend):
+    (tmp_path / "r.yaml").write_text(CLOCK_RULES)
+    expect = (f"rules: [{'NIGHT, ' if night else ''}{'WEEKEND' if weekend else 'MONDAY'}], "
+              f"not_rules: [{'' if night else 'NIGHT, '}{'MONDAY' if weekend else 'WEEKEND'}]")
+    (tmp_path / "r_test.yaml").write_text(textwrap.dedent(f"""\
+        - name: one payment at 03:00 UTC on a Monday
+          start: "2026-01-05T03:00:00Z"
+          steps:
+            - {{transaction: {{user_id: u1, amount: 5, currency: EUR, payee: P1}},
+               expect: {{{expect}}}}}
+        """))
+    config = None if zone is None else parse_config({"rules": {"timezone": zone},
+                                                     "routes": [ROUTE]}, {})
+    out, err = io.StringIO(), io.StringIO()
+    code = run_tests(tmp_path, out=out, err=err, scenario_runner=ScenarioRunner(config))
+    assert code == 0, out.getvalue() + err.getvalue()

@@ -19,17 +19,20 @@ rules:
 """
 
 
-def run(fn, *args):
+def run(fn, *args, **options):
     out, err = io.StringIO(), io.StringIO()
-    code = fn(*args, out=out, err=err)
+    code = fn(*args, out=out, err=err, **options)
     return code, out.getvalue(), err.getvalue()
 
 
 def test_default_pack_tests_pass():
     out, err = io.StringIO(), io.StringIO()
-    code = run_tests(PACK, out=out, err=err, scenario_runner=ScenarioRunner())
+    code = run_tests(PACK, out=out, err=err, scenario_runner=ScenarioRunner(),
+                     require_coverage=True)
     out = out.getvalue()
     assert code == 0, out + err.getvalue()
+    with load_rules(PACK) as rs:
+        assert out.strip().splitlines()[-3] == f"coverage: every rule ({len(rs.rules)}) has a positive case"
     passed = int(out.strip().splitlines()[-1].split()[0])
     assert out.strip().splitlines()[-1] == f"{passed} passed, 0 failed" and passed >= 150
     kinds = out.strip().splitlines()[-2]
@@ -107,6 +110,29 @@ def test_failing_case_prints_expected_actual_and_matches(write):
     assert out.splitlines()[-1] == "1 passed, 1 failed"
 
 
+def test_cases_can_expect_what_set_the_action(write):
+    d = write(r__yaml=RULES, r_test__yaml="""\
+        - name: the rule
+          features: {user_tx_1h: 12}
+          expect: {set_by: rule VEL-001}
+        - name: the score
+          features: {user_tx_1h: 1}
+          expect: {set_by: "score 0 < review 50"}
+        - name: wrong
+          features: {user_tx_1h: 12}
+          expect: {set_by: "score 0 < review 50"}
+        - name: not text
+          features: {user_tx_1h: 12}
+          expect: {set_by: 5}
+        """)
+    code, out, err = run(run_tests, d)
+    assert code == 1
+    assert out.splitlines()[1:3] == ["    expected set_by 'score 0 < review 50', got 'rule VEL-001'",
+                                     "    matched: VEL-001; action deny, score 0"]
+    assert f"{d / 'r_test.yaml'}:12: expect.set_by is text" in err
+    assert out.splitlines()[-1] == "2 passed, 2 failed"
+
+
 def test_bad_test_files_and_bad_rules_fail(write):
     d = write(r__yaml=RULES, r_test__yaml="- {name: x, transaction: {}, expect: {action: maybe}, extra: 1}\n")
     code, out, err = run(run_tests, d)
@@ -143,6 +169,19 @@ def test_replay_reports_changes_and_hits(write, tmp_path):
     assert ("step_up", "allow", "1") in table
     assert ("VEL-001", "1", "2", "+1") in hits and ("OLD-1", "1", "0", "-1") in hits
     assert ("GEO-002", "0", "1", "+1") in hits
+    # --changes: what set each side; records written before set_by show their action alone.
+    log.write_text("\n".join(json.dumps({**r, "request_id": f"q{i}"}) for i, r in enumerate(
+        records[1:3] + [{**records[0], "set_by": "score 0 < review 50", "features": {"user_tx_1h": 11}}])))
+    code, out, err = run(replay, log, d, changes=True)
+    assert code == 0, err
+    assert out.split("changed transactions\n")[1].splitlines() == [
+        "  q0  user=None  amount=-  allow -> deny (rule VEL-001)  +VEL-001",
+        "  q1  user=None  amount=-  require_otp -> allow (score 0 < review 50)  -OLD-1",
+        "  q2  user=None  amount=-  allow (score 0 < review 50) -> deny (rule VEL-001)  +VEL-001"]
+    code, out, err = run(replay, log, d, json_out=True, changes=True)
+    assert [(c["from_set_by"], c["to_set_by"]) for c in json.loads(out)["changes"]] == [
+        (None, "rule VEL-001"), (None, "score 0 < review 50"),
+        ("score 0 < review 50", "rule VEL-001")]
 
 
 def test_replay_missing_log(write, tmp_path):
@@ -150,12 +189,13 @@ def test_replay_missing_log(write, tmp_path):
     assert code == 1 and "missing.jsonl" in err
 
 
-def test_explain_names_the_threshold_a_score_reached(write):
-    from rules.explain import reason
+def test_explain_names_the_threshold_a_score_reached_and_its_scores(write):
+    from rules.explain import why
     d = write(r__yaml="rules:\n  - {id: A, when: amount > 1, score: 40}\n  - {id: B, when: amount > 2, score: 40}\n"
-                      "  - {id: C, when: amount > 3, score: 90, mode: shadow}\n")
+                      "  - {id: C, when: amount > 3, score: 90, mode: shadow}\n"
+                      "  - {id: D, when: amount > 9, action: require_otp}\n")
     with load_rules(d) as rs:
-        decision = rs.decide({"amount": 5}, "payments")
-        assert reason(decision, rs.thresholds) == "score 80 (A +40, B +40) reached the require_otp threshold 70"
-        assert reason(rs.decide({"amount": 1.5}, "payments"), rs.thresholds) == (
-            "no enforced rule action; score 40 below every threshold (review 50, require_otp 70, deny 100)")
+        assert why(rs.decide({"amount": 5}, "payments")) == "score 80 >= require_otp 70 (A +40, B +40)"
+        assert why(rs.decide({"amount": 1.5}, "payments")) == "score 40 < review 50 (A +40)"
+        assert why(rs.decide({"amount": 1}, "payments")) == "score 0 < review 50"
+        assert why(rs.decide({"amount": 10}, "payments")) == "rule D"

@@ -1,6 +1,7 @@
 """RuleSet.decide: typing of values, engine quirks we rely on working around, memory on reload."""
 import math
 import threading
+import textwrap
 
 import pytest
 
@@ -155,7 +156,44 @@ def test_scores_add_up_to_thresholds_and_shadow_never_counts(decide):
 
 def test_shadow_action_is_reported_not_enforced(decide):
     d = decide({"c": 1})
-    assert d == Decision("allow", 0.0, (Hit("D-SHADOW", "deny", None, "shadow"),))
+    assert d == Decision("allow", 0.0, (Hit("D-SHADOW", "deny", None, "shadow"),),
+                         "score 0 < review 50")
+
+
+def _pack(directory, text: str):
+    directory.mkdir()
+    (directory / "r.yaml").write_text(textwrap.dedent(text))
+    return load_rules(directory)
+
+
+def test_the_decision_says_what_set_its_action(decide, tmp_path):
+    assert decide({}).set_by == "score 0 < review 50"
+    assert decide({"b": 1}).set_by == "score 30 < review 50"          # the shadow 100 never counts
+    assert decide({"b": 2}).set_by == "score 75 >= require_otp 70"
+    assert decide({"a": 2}).set_by == "rule A-REVIEW"
+    assert decide({"a": 4, "b": 2}).set_by == "rule A-DEV"            # above the score's otp
+    assert decide({"a": 3, "b": 2}).set_by == "rule A-OTP"            # a tie: the rule's own action
+    # The score's deny is more severe than the rule's otp; two rules with the same action.
+    with _pack(tmp_path / "q", """\
+        thresholds: {review: 20.5, deny: 100}
+        rules:
+          - {id: T-1, when: x > 0, score: 60.25}
+          - {id: T-2, when: x > 1, score: 40}
+          - {id: T-3, when: x > 2, action: require_otp}
+          - {id: T-4, when: x > 2, action: require_otp}
+        """) as rs:
+        assert rs.decide({"x": 1}, "p").set_by == "score 60.25 >= review 20.5"
+        assert rs.decide({"x": 2}, "p").set_by == "score 100.25 >= deny 100"
+        assert rs.decide({"x": 3}, "p").set_by == "score 100.25 >= deny 100"
+    with _pack(tmp_path / "r", """\
+        thresholds: {}
+        rules:
+          - {id: T-1, when: x > 0, score: 500}
+          - {id: T-3, when: x > 1, action: review}
+          - {id: T-4, when: x > 1, action: review}
+        """) as rs:
+        assert rs.decide({"x": 1}, "p").set_by == "score 500, no threshold"
+        assert rs.decide({"x": 2}, "p").set_by == "rules T-3, T-4"
 
 
 def test_route_filters(decide):
