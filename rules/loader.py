@@ -5,6 +5,7 @@ a bad file never produces a half-built rule set (the gateway keeps the running o
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -21,7 +22,7 @@ from rules.yamlsrc import LineDict, line_of, load_yaml
 
 TOP_KEYS = {"version", "lists", "counters", "thresholds", "rules"}
 RULE_KEYS = {"id", "description", "when", "action", "score", "mode", "tags", "routes"}
-COUNTER_KEYS = {"name", "key", "window", "aggregate", "field", "on", "reset_on", "scope"}
+COUNTER_KEYS = {"name", "key", "window", "aggregate", "field", "on", "reset_on", "scope", "where"}
 MODES = ("enforce", "shadow")
 _RULE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 # The engine refuses facts with more than 255 properties; leave room for sid, id and the guard.
@@ -55,6 +56,7 @@ class _Load:
         self.types = attribute_types
         self.lists: dict[str, tuple] = {}
         self.counters: list[tuple[CounterSpec, str, int]] = []
+        self.where_lines: dict[str, int] = {}   # counter name -> line of its where:
         self.thresholds: dict[str, float] | None = None
         self.raw_rules: list[tuple[LineDict, str]] = []
 
@@ -130,6 +132,8 @@ class _Load:
                 self.err(file, ln, f"counter {spec.name!r} is declared twice")
                 continue
             self.counters.append((spec, file, ln))
+            if spec.where is not None:
+                self.where_lines[spec.name] = line_of(item, "where", ln)
 
     def read_thresholds(self, file: str, data: LineDict, line: int) -> None:
         if "thresholds" not in data:
@@ -197,6 +201,8 @@ def _build(load: _Load, version: str) -> RuleSet:
     first_seen_names = {s.name: s.feature for s in features.values() if s.aggregate == "first_seen"}
 
     checker = KindChecker(known)
+    load.counters = [(_with_where(load, spec, file, set(features) | set(first_seen_names), checker),
+                      file, line) for spec, file, line in load.counters]
     parsed = []
     seen_ids: dict[str, tuple[str, int]] = {}
     for item, file in load.raw_rules:
@@ -249,6 +255,28 @@ def _build(load: _Load, version: str) -> RuleSet:
                    lists=dict(load.lists), thresholds=thresholds,
                    kinds={k: v for k, v in kinds.items() if k in attribute_names or k == "route"},
                    attribute_names=frozenset(attribute_names))
+
+
+def _with_where(load: _Load, spec: CounterSpec, file: str, counter_names: set[str],
+                checker: KindChecker) -> CounterSpec:
+    """The spec with its ``where:`` parsed and checked once; errors name the where's line."""
+    if spec.where is None:
+        return spec
+    line = load.where_lines[spec.name]
+    try:
+        expr = parse_when(spec.where, load.lists)
+    except ExpressionError as e:
+        load.err(file, line, f"counter {spec.name}: bad where: {e}")
+        return spec
+    for name in sorted(expr_attrs(expr)):
+        if name in counter_names:
+            load.err(file, line, f"counter {spec.name}: where reads counter {name!r}; a where reads "
+                                 "transaction attributes and built-ins only (counters are not known yet "
+                                 "when it is decided what to count)")
+        elif load.types is not None and name not in set(load.types) | set(BUILTINS):
+            load.err(file, line, f"counter {spec.name}: where reads unknown attribute {name!r}")
+    checker.visit(expr, (file, line))
+    return dataclasses.replace(spec, where_expr=expr)
 
 
 _regex_verdicts: dict[str, str | None] = {}

@@ -133,6 +133,8 @@ class Velocity:
         """
         groups: dict[str, list[tuple[CounterPlan, Op]]] = {}
         for plan in self._late:
+            if not plan.spec.counts(attrs):
+                continue
             located = plan.tag_and_key(attrs)
             if located is not None:
                 tag, key = located

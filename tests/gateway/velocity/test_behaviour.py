@@ -201,3 +201,30 @@ def test_client_scoped_counters_keep_one_value_per_calling_client(state_backends
     # Same entity hash tag as the global counter: one slot, one script call.
     tag, key = CounterPlan.of(scoped).tag_and_key({"device_id": "d", "client_id": "A"})
     assert tag == "{device_id=d}" and key.endswith(":client_id=A")
+
+
+def test_a_filtered_counter_counts_only_what_its_where_holds_for(state_backends):
+    where = 'amount >= 100 and route in ["payments", "transfers"]'
+    counters = [spec("large_tx", ["user_id"], "count", window_s=60, where=where),
+                spec("large_sum", ["user_id"], "sum", field="amount", window_s=60, where=where,
+                     on="allow"),
+                spec("large_payee", ["user_id", "payee"], "first_seen", on="allow", where=where),
+                spec("all_tx", ["user_id"], "count", window_s=60)]
+    big, small = {**PAY, "route": "payments", "amount": 150}, {**PAY, "route": "payments", "amount": 99}
+
+    async def scenario(b):
+        v = Velocity(counters, b)
+        # Every transaction reads the filtered counters; only matching ones add to them.
+        assert await forwarded(v, small, "e1") == {"large_tx": 0, "large_sum": 0, "all_tx": 1}
+        assert await forwarded(v, big, "e2") == {"large_tx": 1, "large_sum": 0, "all_tx": 2}
+        assert await forwarded(v, {**big, "route": "loans"}, "e3") == {
+            "large_tx": 1, "large_sum": 150, "large_payee_age_s": 0, "all_tx": 3}
+        assert await forwarded(v, {**PAY, "route": "payments"}, "e4") == {
+            "large_tx": 1, "large_sum": 150, "large_payee_age_s": 0, "all_tx": 4}
+        assert await refused(v, big, "e5") == {
+            "large_tx": 2, "large_sum": 150, "large_payee_age_s": 0, "all_tx": 5}
+        # A small payment to a new payee leaves the filtered first_seen unseen.
+        other = {**small, "payee": "FR76Y"}
+        assert "large_payee_age_s" not in await forwarded(v, other, "e6")
+        assert "large_payee_age_s" not in await forwarded(v, other, "e7")
+    state_backends.run(scenario)
