@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import multiprocess
 
 from auth.admin import setup_admin
+from auth.audit import ADMIN_ACTOR
+from gateway.lists import admin_routes
 from gateway import __version__
 from gateway.rates import RatesError
 from metrics.identity import (KEY_EXPIRY_WARNING_S, BuildInfo, WorkerProcesses,
@@ -127,6 +129,7 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/admin/rules/reload", reload_rules)
+    app.router.add_routes(admin_routes(services.list_admin, ADMIN_ACTOR))
     # Credential endpoints and the bearer check that guards every /admin/ path.
     setup_admin(app, services.credentials, admin_token, totp=services.stepup.totp)
     return app

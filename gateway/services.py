@@ -11,6 +11,7 @@ from auth.stepup import StepUp
 from gateway.config import Config
 from gateway.decision_log import DecisionLog, open_sinks
 from gateway.forward import Forwarder
+from gateway.lists import ListAdmin
 from gateway.record import Recorder
 from gateway.replay import ReplayGuard
 from gateway.routing import Router
@@ -20,6 +21,7 @@ from gateway.sides import LocalSide, SharedSide
 from gateway.velocity import Velocity
 from metrics.definitions import STEPUP, precreate
 from state import create_backend
+from state.lists import LiveLists
 from state.memory import MemoryBackend
 
 
@@ -65,6 +67,8 @@ class Services:
         self.forwarder = Forwarder(config.limits.upstream_timeout_s, config.routes)
         self.decision_log = DecisionLog(open_sinks(config), config.decision_log.queue_size)
         self.recorder = Recorder(self.decision_log)
+        self.list_admin = ListAdmin(LiveLists(self.state), lambda: self.rulebook.current.live_lists,
+                                    self.decision_log.write)
         precreate({route.name: route.on_state_error for route in config.routes})
 
     def _rebuild_velocity(self, rules) -> None:
@@ -84,7 +88,10 @@ class Services:
         # An event is remembered only as long as its step-up repeat can still arrive: every
         # request leaves a marker, so this bounds the store's memory per request rate.
         ttl = self.config.auth.challenge_ttl_s + 60
-        return VelocityPair(Velocity(rules.counters, self.state, event_ttl_s=ttl),
+        # Live lists are read on the shared store only: under fail_open or local their
+        # membership is unknown (absent), so both `in` and `not in` a live list are false.
+        return VelocityPair(Velocity(rules.counters, self.state, event_ttl_s=ttl,
+                                     memberships=rules.memberships),
                             Velocity(rules.counters, self.local_state, event_ttl_s=ttl))
 
     async def start(self) -> None:

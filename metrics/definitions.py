@@ -48,6 +48,12 @@ DECISION_LOG_ERRORS = Counter("txgate_decision_log_errors",
                               "Decision log records that a sink failed to write", ["sink"])
 BAD_REQUESTS = Counter("txgate_bad_requests", "Refused malformed requests by error code",
                        ["route", "error"])
+# Live lists (gateway.lists): label values are the live lists the loaded rules declare and the
+# admin API's own error codes, never request data.
+LIST_CHANGES = Counter("txgate_list_changes", "Live-list members added or removed by the admin API",
+                       ["list", "action"])
+LIST_REFUSED = Counter("txgate_list_refused", "Refused live-list changes and reads by error code",
+                       ["error"])
 
 
 def precreate(routes: Mapping[str, str]) -> None:

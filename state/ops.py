@@ -20,6 +20,9 @@ RESET = "x"       # delete the key (strong authentication restarts the counter)
 # the time of the original increment (so the same bucket is decremented).
 PROVISIONAL = "p"
 UNDO = "u"
+# Is ``value`` a member of the live list whose hash is the key (state.lists), at the store's
+# time? 1 or 0; never writes. A live list is read in the request's one round trip like a counter.
+MEMBER = "l"
 
 ABSENT = -1
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from state.base import StateBackend
 from gateway.velocity.counters import PREFIX, CounterPlan, encode
+from state.lists import member_op
 from state.ops import NUMBER, PROVISIONAL, UNDO, Batch, Op, Trip
 from state.window import EVENT_TTL_S
 
@@ -38,13 +39,18 @@ class Velocity:
     request ends up not forwarded; other ``on: allow`` kinds (distinct, first_seen) cannot be
     undone exactly and are applied after forwarding by ``record_allowed``.
 
+    ``memberships`` (``RuleSet.memberships``: attribute, tested attribute, live list) are read
+    in the same round trip: the attribute is True or False when the tested one is a string.
+
     For the ``local`` failure policy, ``Velocity(counters, MemoryBackend())`` is a per-process
-    fallback with the same semantics.
+    fallback with the same semantics (without memberships: it has no live list).
     """
 
     def __init__(self, counters: Sequence[CounterSpec], backend: StateBackend,
-                 *, event_ttl_s: int = EVENT_TTL_S):
+                 *, event_ttl_s: int = EVENT_TTL_S,
+                 memberships: Sequence[tuple[str, str, str]] = ()):
         self.backend = backend
+        self._memberships = tuple(memberships)
         self._plans = [CounterPlan.of(spec) for spec in counters]
         self._provisional = frozenset(id(p) for p in self._plans
                                       if p.spec.on == "allow" and p.kind == NUMBER)
@@ -100,10 +106,20 @@ class Velocity:
                         pending_index.append(len(batches))
                     batches.append(Batch(f"{base}:{marker}", self._event_ttl_ms,
                                          tuple(op for _, op in ops)))
+        counted = len(batches)
+        read = []   # the membership attributes, in the order of their batches
+        for name, tested, list_name in self._memberships:
+            value = attrs.get(tested)
+            if isinstance(value, str):
+                read.append(name)
+                # One batch per read: its list's slot on a cluster; merged on one server.
+                batches.append(Batch(None, 0, (member_op(list_name, value),)))
         trip: Trip = await self.backend.trip(claims, batches)
         if not trip.fresh:
             return Observation(False, {})
-        features: dict[str, int | float] = {}
+        features: dict[str, int | float | bool] = {}
+        for name, values in zip(read, trip.results[counted:]):
+            features[name] = values[0] == 1
         for ops, values in zip(members, trip.results):
             for (plan, _), result in zip(ops, values):
                 value = plan.feature(result)

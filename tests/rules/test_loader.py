@@ -260,3 +260,45 @@ def test_a_counter_where_is_kind_checked_with_the_rules(write):
         """)
     # The where fixed amount as a number: the rule comparing it with a string is refused.
     assert errors_of(d) == [f"{d / 'a.yaml'}:4: 'amount' is used as a number but is compared with a string"]
+
+
+def test_a_live_list_is_read_as_a_boolean_membership_attribute(write):
+    d = write(a__yaml="""\
+        lists:
+          mule_payees: {store: redis}
+          unused: {store: redis}
+          high_risk: [RU, KP]
+        rules:
+          - {id: L-1, when: payee in lists.mule_payees, action: deny}
+          - {id: L-2, when: amount > 100 and payee not in lists.mule_payees and country in lists.high_risk, action: review}
+        """)
+    with load_rules(d) as rs:
+        assert rs.live_lists == ("mule_payees", "unused")
+        assert rs.memberships == (("payee_in_mule_payees", "payee", "mule_payees"),)
+        assert rs.decide({"payee_in_mule_payees": True}, "payments").action == "deny"
+        assert rs.decide({"payee_in_mule_payees": False, "amount": 500, "country": "RU"},
+                         "payments").action == "review"
+        # Unknown membership (the store was not read): neither `in` nor `not in` holds.
+        assert rs.decide({"amount": 500, "country": "RU"}, "payments").action == "allow"
+
+
+def test_live_list_misuse_names_file_and_line(write):
+    d = write(a__yaml="""\
+        lists:
+          mules: {store: redis}
+          odd: {store: memcached}
+        counters:
+          - {name: c_1h, key: [user_id], window: 1h, aggregate: count, where: payee in lists.mules}
+        rules:
+          - {id: L-1, when: amount in lists.mules, action: deny}
+          - {id: L-2, when: payee in lists.mules and payee_in_mules, action: deny}
+        """)
+    errs = errors_of(d, {"user_id": "string", "amount": "amount", "payee": "string",
+                         "payee_in_mules": "boolean"})
+    a = str(d / "a.yaml")
+    assert any(e.startswith(f"{a}:3: list 'odd': a live list is declared {{store: redis}}") for e in errs)
+    assert any(e.startswith(f"{a}:5: counter c_1h: where reads live list 'mules'") for e in errs)
+    assert f"{a}:7: 'amount' is declared as a number but a live list needs a string" in errs
+    assert any(e.startswith(f"{a}:8: 'payee in lists.mules' is read as the attribute 'payee_in_mules', "
+                            "which is already an attribute or counter") for e in errs)
+    assert len(errs) == 4, errs
