@@ -288,7 +288,8 @@ def _lists(args) -> int:
                          "API, POST /admin/lists/NAME)")
     try:
         # The configured rules say which lists are live: a typo must not create a list.
-        declared = load_rules(config.rules.path, Router.of(config).attribute_types()).live_lists
+        declared = load_rules(config.rules.path,
+                              Router.of(config).attribute_types() or None).live_lists
     except RuleLoadError as exc:
         raise UsageError("\n".join(exc.errors)) from None
 

@@ -1,6 +1,6 @@
 """Exactly one state round trip per request, counted on a real redis-server (MONITOR) behind
-a real txgate process: the signature's claims, every counter and the provisional ``on: allow``
-updates travel in one EVALSHA. Counting commands, never timing them.
+a real txgate process: the signature's claims, every counter, the provisional ``on: allow``
+updates and the live-list lookups travel in one EVALSHA. Counting commands, never timing them.
 
 MONITOR rather than INFO commandstats: since Redis 7 commandstats also counts the commands a
 script runs, while MONITOR tells a client's commands (round trips) from the script's own.
@@ -15,10 +15,13 @@ from collections import Counter
 import pytest
 import redis
 
+from tests.fixtures.processes import wait_until
 from tests.fixtures.signing import SignedClient
 
 RULES = """
 version: 1
+lists:
+  mule_payees: {store: redis}
 counters:
   - {name: user_tx_1h,      key: [user_id], window: 1h,  aggregate: count}
   - {name: user_amount_24h, key: [user_id], window: 24h, aggregate: sum, field: amount, on: allow}
@@ -36,6 +39,10 @@ rules:
     description: large amount
     when: amount + user_amount_24h > 5000
     score: 10
+  - id: T-MULE
+    description: a payee on the live mule list
+    when: payee in lists.mule_payees
+    score: 20
 """
 TX = {"user_id": "json:$.user_id", "amount": "json:$.amount", "currency": "json:$.currency",
       "payee": "json:$.payee"}
@@ -152,3 +159,19 @@ def test_pass_through_is_one_call_and_a_denial_withdraws_in_a_second(gw, redis_s
     # A request that is not forwarded takes back its provisional on-allow counts: one more
     # call, on the refusal path only.
     assert seen == {"evalsha": 2}
+
+
+def test_live_list_membership_rides_the_same_single_trip(gw, redis_server):
+    added = gw.admin_post("/admin/lists/mule_payees", {"values": ["DE02m1", "DE02m3"]})
+    assert added.status_code == 200
+    assert pay(gw, "warm").status_code == 200
+    statuses = []
+    seen = measured(redis_server, lambda: statuses.extend(
+        pay(gw, f"m{i}").status_code for i in range(5)))
+    assert statuses == [200] * 5
+    assert seen == {"evalsha": 5}
+    wait_until(lambda: len(gw.decisions()) >= 6, what="the decision records")
+    scored = [(d["user_id"], d["features"]["payee_in_mule_payees"], d["score"])
+              for d in gw.decisions()[-5:]]
+    assert scored == [("m0", False, 0), ("m1", True, 20), ("m2", False, 0), ("m3", True, 20),
+                      ("m4", False, 0)]
