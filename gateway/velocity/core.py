@@ -29,6 +29,9 @@ class Observation:
     features: dict
     pending: tuple[Batch, ...] = ()
     at_ms: int = 0
+    # The values only the challenger rule set declares (its own counters and live-list
+    # reads), which the challenger sees over ``features``.
+    challenger: dict | None = None
 
 
 class Velocity:
@@ -42,16 +45,33 @@ class Velocity:
     ``memberships`` (``RuleSet.memberships``: attribute, tested attribute, live list) are read
     in the same round trip: the attribute is True or False when the tested one is a string.
 
+    ``challenger_counters`` and ``challenger_memberships`` (a challenger rule set's) are kept
+    and read in the same round trip. A counter the champion declares identically is one
+    counter; the challenger's others are its own keys (never a champion key: one that would
+    coincide with a champion counter it differs from gets a key of its own), counted as the
+    request really went, and reported in ``Observation.challenger``.
+
     For the ``local`` failure policy, ``Velocity(counters, MemoryBackend())`` is a per-process
     fallback with the same semantics (without memberships: it has no live list).
     """
 
     def __init__(self, counters: Sequence[CounterSpec], backend: StateBackend,
                  *, event_ttl_s: int = EVENT_TTL_S,
-                 memberships: Sequence[tuple[str, str, str]] = ()):
+                 memberships: Sequence[tuple[str, str, str]] = (),
+                 challenger_counters: Sequence[CounterSpec] = (),
+                 challenger_memberships: Sequence[tuple[str, str, str]] = ()):
         self.backend = backend
-        self._memberships = tuple(memberships)
+        own_reads = set(memberships)
+        self._memberships = tuple(memberships) + tuple(
+            m for m in challenger_memberships if m not in own_reads)
+        self._challenger_reads = frozenset(m[0] for m in challenger_memberships
+                                           if m not in own_reads)
         self._plans = [CounterPlan.of(spec) for spec in counters]
+        champion_keys = {p.identity for p in self._plans}
+        extra = [CounterPlan.of(spec, apart=CounterPlan.of(spec).identity in champion_keys)
+                 for spec in challenger_counters if spec not in counters]
+        self._plans += extra
+        self._challenger_only = frozenset(id(p) for p in extra)
         self._provisional = frozenset(id(p) for p in self._plans
                                       if p.spec.on == "allow" and p.kind == NUMBER)
         self._late = [p for p in self._plans
@@ -118,15 +138,17 @@ class Velocity:
         if not trip.fresh:
             return Observation(False, {})
         features: dict[str, int | float | bool] = {}
+        challenger: dict[str, int | float | bool] = {}
+        only = self._challenger_only
         for name, values in zip(read, trip.results[counted:]):
-            features[name] = values[0] == 1
+            (challenger if name in self._challenger_reads else features)[name] = values[0] == 1
         for ops, values in zip(members, trip.results):
             for (plan, _), result in zip(ops, values):
                 value = plan.feature(result)
                 if value is not None:
-                    features[plan.spec.feature] = value
+                    (challenger if id(plan) in only else features)[plan.spec.feature] = value
         pending = tuple(batches[i] for i in pending_index if trip.applied[i])
-        return Observation(True, features, pending, trip.now_ms)
+        return Observation(True, features, pending, trip.now_ms, challenger)
 
     async def withdraw(self, observation: Observation) -> None:
         """Take back the provisional ``on: allow`` increments of a request not forwarded.

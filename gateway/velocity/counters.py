@@ -67,8 +67,15 @@ class CounterPlan:
     is_sum: bool
     is_distinct: bool
 
+    @property
+    def identity(self) -> tuple:
+        """What makes this plan's key: plans with equal identities share their keys."""
+        return self.tag_open, self.suffix, self.rest
+
     @classmethod
-    def of(cls, spec: CounterSpec) -> CounterPlan:
+    def of(cls, spec: CounterSpec, apart: bool = False) -> CounterPlan:
+        """``apart``: keys of their own (a challenger's counter that would share a champion
+        counter's key while counting differently: another ``on`` or ``field``)."""
         window_ms = (spec.window_s or 0) * 1000
         if spec.aggregate in ("count", "sum"):
             kind = NUMBER
@@ -87,6 +94,10 @@ class CounterPlan:
         if spec.where is not None:
             # A changed filter counts other transactions: it starts afresh, as a changed window.
             suffix += ":f" + hashlib.blake2b(spec.where.encode(), digest_size=4).hexdigest()
+        if apart:
+            definition = repr((spec.name, spec.key, spec.aggregate, spec.field, spec.window_s,
+                               spec.reset_on, spec.on, spec.scope, spec.where))
+            suffix += ":c" + hashlib.blake2b(definition.encode(), digest_size=4).hexdigest()
         rest = spec.key[1:]
         if spec.scope == "client":
             # The calling client is one more key part (its own name, so it cannot collide
