@@ -240,7 +240,7 @@ http {{
         return up, floor
 
     def gateway_config(self, name: str, redis_url: str, upstream: str, rules: Path,
-                       cluster: bool = False) -> Path:
+                       cluster: bool = False, challenger: Path | None = None) -> Path:
         port, admin = free_port(), free_port()
         # As the shipped configuration (examples/txgate.yaml): identities and codes normalized.
         tx = {"user_id": {"from": "json:$.user_id",
@@ -255,7 +255,8 @@ http {{
         config = {
             "listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}",
             "state": {"backend": "redis", "url": redis_url, "cluster": cluster},
-            "rules": {"path": str(rules), "reload": "off"},
+            "rules": {"path": str(rules), "reload": "off",
+                      **({"challenger": str(challenger)} if challenger else {})},
             "decision_log": {"path": str(self.tmp / f"{name}-decisions.jsonl")},
             "routes": [
                 {"name": "payments", "match": {"path": signed.PAYMENTS, "methods": ["POST"]},
@@ -336,6 +337,8 @@ http {{
         rulepack.build(r500, 500)
         default = self.tmp / "rules55"
         rulepack.build(default)
+        candidate = self.tmp / "challenger"
+        candidate_rules = rulepack.build_challenger(candidate)
         c_full = self.gateway_config("full", redis_url, upstream, default)
         secret = subprocess.run([TXGATE, "auth", "add-client", "bench", "--hmac", "--config",
                                  str(c_full)], capture_output=True, text=True, env=self.env,
@@ -359,6 +362,12 @@ http {{
                               "accounts", full))
         configs.append(Config("full", "txgate full (default pack, 55 rules)", full.port,
                               "payments", full))
+        # The cost of a challenger: the same gateway deciding each payment twice, with the
+        # challenger's own counters in the same round trip.
+        gx = self.start_gateway("fullx", self.gateway_config(
+            "fullx", redis_url, upstream, default, challenger=candidate), 1)
+        configs.append(Config("fullx", f"txgate full + challenger ({candidate_rules} rules)",
+                              gx.port, "payments", gx))
         gc = self.start_gateway("fullc", c_cluster, 1)
         configs.append(Config("fullc", "txgate full, 3-master cluster", gc.port, "payments", gc,
                               cluster=True))
@@ -382,7 +391,8 @@ http {{
                       f"cpu {result['cpu_us'] or 0:6.0f} µs/req  "
                       f"non-2xx {result['status_errors']}", flush=True)
 
-        peer_cfg, full_cfg, cluster_cfg = configs[1], configs[3], configs[4]
+        peer_cfg, full_cfg = configs[1], configs[3]
+        cluster_cfg = next(c for c in configs if c.name == "fullc")
         rate = round(statistics.median(r["rps"] for r in peer_cfg.runs) / 2)
         fixed = {"rate": rate, "peer": [], "full": [], "fullc": []}
         for rep in range(a.reps):
@@ -501,6 +511,14 @@ def report(data: dict) -> str:
                   f"the gateway CPU per request of one redis-server, and its p99 at the fixed "
                   f"load is **{(cp99 - tp99) / 1000:+.2f} ms** from the single server's (the "
                   "cluster's three servers share this machine's cores)."]
+    if "fullx" in configs:
+        challenger_cpu = med(r["cpu_us"] for r in configs["fullx"]["runs"])
+        challenger_rps = med(r["rps"] for r in configs["fullx"]["runs"])
+        full_rps = med(r["rps"] for r in configs["full"]["runs"])
+        lines += ["", f"A challenger rule set (every payment decided twice, its own counters in "
+                      f"the same round trip) costs **×{challenger_cpu / single_cpu:.2f}** the "
+                      f"gateway CPU per request and **×{challenger_rps / full_rps:.2f}** the "
+                      "throughput of txgate full."]
     return "\n".join(lines) + "\n"
 
 

@@ -286,10 +286,12 @@ def _lists(args) -> int:
         raise UsageError("live lists need a shared store: set state.backend: redis in the config "
                          "(the memory backend lives inside one gateway process; use its admin "
                          "API, POST /admin/lists/NAME)")
+    types = Router.of(config).attribute_types() or None
     try:
         # The configured rules say which lists are live: a typo must not create a list.
-        declared = load_rules(config.rules.path,
-                              Router.of(config).attribute_types() or None).live_lists
+        declared = load_rules(config.rules.path, types).live_lists
+        if config.rules.challenger:
+            declared += load_rules(config.rules.challenger, types).live_lists
     except RuleLoadError as exc:
         raise UsageError("\n".join(exc.errors)) from None
 

@@ -1,7 +1,7 @@
 """Live lists for operators: ``/admin/lists/NAME`` and ``txgate lists``, one audit line per change.
 
-Only a list the running rules declare ``{store: redis}`` can be changed (a typo must not
-create a list nobody reads). Each member added or removed is one decision-log line
+Only a list the running rules (champion or challenger) declare ``{store: redis}`` can be
+changed (a typo must not create a list nobody reads). Each member added or removed is one decision-log line
 ``{"ts", "type": "audit", "actor", "action": "add" | "remove", "kind": "list", "id": NAME,
 "value", "reason", "expires_at"}``; ``txgate rules replay`` skips it like every audit line.
 

@@ -73,7 +73,7 @@ class Services:
         self.forwarder = Forwarder(config.limits.upstream_timeout_s, config.routes)
         self.decision_log = DecisionLog(open_sinks(config), config.decision_log.queue_size)
         self.recorder = Recorder(self.decision_log)
-        self.list_admin = ListAdmin(LiveLists(self.state), lambda: self.rulebook.current.live_lists,
+        self.list_admin = ListAdmin(LiveLists(self.state), self.live_lists,
                                     self.decision_log.write)
         precreate({route.name: route.on_state_error for route in config.routes})
 
@@ -109,6 +109,13 @@ class Services:
                      challenger_memberships=challenger.memberships if challenger else ()),
             Velocity(rules.counters, self.local_state, event_ttl_s=ttl,
                      challenger_counters=extra))
+
+    def live_lists(self) -> tuple[str, ...]:
+        """The live lists the running rules declare, the challenger's included."""
+        names = self.rulebook.current.live_lists
+        if self.challenger is not None and self.challenger.loaded:
+            names += self.challenger.current.live_lists
+        return names
 
     def load_challenger(self) -> None:
         """Load the challenger if there is one; a failure is reported (log, metric, readiness)
