@@ -112,13 +112,7 @@ class Recorder:
             entry["normalized"] = ex.normalized
         challenged = challenger_outcome(ex)
         if challenged is not None:
-            other = ex.challenger_decision
-            entry["challenger"] = {
-                "version": ex.challenger.version, "decision": challenged,
-                "action": other.action if other else None,
-                "score": other.score if other else None,
-                "rules": [_hit(h) for h in other.hits] if other else [],
-            }
+            entry["challenger"] = _challenger(ex, challenged)
         return entry
 
     @staticmethod
@@ -143,6 +137,14 @@ class Recorder:
         except StateError as exc:
             STATE_ERRORS.labels(exc.operation).inc()
             log.error("on-allow counters not settled for request %s: %s", ex.request_id, exc)
+
+
+def _challenger(ex, decided: str) -> dict:
+    """The decision log's ``challenger``: what the challenger rule set said, never enforced."""
+    other = ex.challenger_decision
+    return {"version": ex.challenger.version, "decision": decided,
+            "action": other.action if other else None, "score": other.score if other else None,
+            "rules": [_hit(h) for h in other.hits] if other else []}
 
 
 def _hit(hit) -> dict:
