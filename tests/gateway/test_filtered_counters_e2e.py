@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.fixtures.processes import wait_until
 from tests.fixtures.signing import SignedClient
 
 RULES = """
@@ -42,6 +43,7 @@ def test_a_filtered_counter_counts_only_the_transactions_its_where_selects(
     assert [pay("payments", 99).status_code for _ in range(3)] == [200] * 3
     assert [pay("loans", 500).status_code for _ in range(3)] == [200] * 3
     assert [pay("payments", 100).status_code for _ in range(3)] == [200, 200, 403]
+    wait_until(lambda: len(gw.decisions()) == 9, what="the nine decision records")
     seen = [(d["route"], d["features"]["user_large_1h"], d["features"]["user_tx_1h"])
             for d in gw.decisions()]
     assert seen == [("payments", 0, 1), ("payments", 0, 2), ("payments", 0, 3),

@@ -183,3 +183,16 @@ def test_without_the_store_the_routes_policy_applies_to_live_lists(start_gateway
     wait_until(lambda: admin(gw, "POST", "mule_payees", {"values": ["MULE"]}).status_code == 200,
                what="the store back")
     assert pay(gw, client, "MULE", "local").status_code == 403
+
+
+def test_one_gateway_on_the_memory_backend_keeps_its_own_live_lists(start_gateway, upstream,
+                                                                    tmp_path):
+    gw = start_gateway(_config(tmp_path, upstream, {"backend": "memory"}))
+    client = _client(gw)
+    assert pay(gw, client, "MULE").status_code == 200
+    assert admin(gw, "POST", "mule_payees", {"values": ["MULE"], "ttl": "1h"}).status_code == 200
+    assert pay(gw, client, "MULE").status_code == 403
+    assert [m["value"] for m in admin(gw, "GET", "mule_payees").json()["members"]] == ["MULE"]
+    assert admin(gw, "DELETE", "mule_payees", {"values": ["MULE"]}).json()["removed"] == ["MULE"]
+    assert pay(gw, client, "MULE").status_code == 200
+    assert [(r["action"], r["value"]) for r in audits(gw)] == [("add", "MULE"), ("remove", "MULE")]
