@@ -1,5 +1,6 @@
-"""The packs the benchmark runs: the shipped pack, and a 500-rule pack of it plus generated
-rules of the same shapes; both independent of the time the benchmark runs at.
+"""The packs the benchmark runs: the shipped pack, a 500-rule pack of it plus generated rules
+of the same shapes, and a challenger (the shipped pack, 20 generated rules and two counters of
+its own); all independent of the time (hour and weekday) the benchmark runs at.
 
 The shipped pack's night-time rules (``hour`` in their condition) step up or score payments
 between 00:00 and 06:00 local time, so the decision mix — and with it the CPU per request —
@@ -87,6 +88,27 @@ def build(out: Path, total: int = 0) -> int:
         (out / "generated.yaml").write_text(yaml.safe_dump({"version": 1, "rules": extra},
                                                            sort_keys=False))
     return shipped + len(extra)
+
+
+# What a fraud team's candidate typically adds: a shorter burst window and a filtered counter
+# the champion does not keep (kept and read in the same round trip as the champion's).
+_CHALLENGER = """\
+version: 1
+counters:
+  - {name: user_tx_5m, key: [user_id], window: 5m, aggregate: count}
+  - {name: user_large_24h, key: [user_id], window: 24h, aggregate: count, where: amount_base >= 500}
+rules:
+  - {id: CAND-001, description: a tighter burst, when: user_tx_5m > 3, action: require_otp}
+  - {id: CAND-002, description: repeated large payments, when: user_large_24h > 2, score: 30}
+"""
+
+
+def build_challenger(out: Path) -> int:
+    """A challenger for the shipped pack: it, 20 generated rules, and counters of its own."""
+    shipped = build(out)
+    total = build(out, shipped + 20)
+    (out / "challenger.yaml").write_text(_CHALLENGER)
+    return total + 2
 
 
 if __name__ == "__main__":

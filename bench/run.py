@@ -11,9 +11,11 @@ machine hits every config alike; the median is reported):
     full2w    the same as full with --workers 2
     fullc     the same as full on a 3-master Redis Cluster (three redis-servers on this machine)
     fullw     the same as full, security records waiting for the replica (wait_replicas: 1)
+    fullx     the same as full with a challenger rule set deciding every payment too
 
-Then the fixed-load test: the peer, txgate full and txgate full on the cluster at half the peer's median maximum, with the
-constant-rate generator ``bench/loadgen.py`` (wrk2 is not packaged by Debian).
+Then the fixed-load tests, with the constant-rate generator ``bench/loadgen.py`` (wrk2 is not
+packaged by Debian): the peer, txgate full and txgate full on the cluster at half the peer's
+median maximum, and the peer and txgate full at half txgate full's own.
 
 The upstream is nginx answering static JSON. Results go to ``docs/performance.md`` between the
 ``<!-- bench:begin -->`` / ``<!-- bench:end -->`` markers, and as JSON to ``bench/out/``.
@@ -54,7 +56,7 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Enough signed requests that no run exhausts its file (each is accepted once).
 MAX_RATE = {"pass": 6000, "full": 5000, "full500": 5000, "full2w": 6000, "fullc": 5000,
-            "fullw": 5000}
+            "fullw": 5000, "fullx": 5000}
 
 
 def free_port() -> int:
@@ -266,7 +268,8 @@ http {{
         return up, floor
 
     def gateway_config(self, name: str, redis_url: str, upstream: str, rules: Path,
-                       cluster: bool = False, wait_replicas: int = 0) -> Path:
+                       cluster: bool = False, wait_replicas: int = 0,
+                       challenger: Path | None = None) -> Path:
         port, admin = free_port(), free_port()
         # As the shipped configuration (examples/txgate.yaml): identities and codes normalized.
         tx = {"user_id": {"from": "json:$.user_id",
@@ -286,7 +289,8 @@ http {{
             # waits for a replica (the bench's cluster has none).
             "state": {"backend": "redis", "url": redis_url, "cluster": cluster,
                       "timeout_ms": 2000, "wait_replicas": wait_replicas},
-            "rules": {"path": str(rules), "reload": "off"},
+            "rules": {"path": str(rules), "reload": "off",
+                      **({"challenger": str(challenger)} if challenger else {})},
             "decision_log": {"path": str(self.tmp / f"{name}-decisions.jsonl")},
             "routes": [
                 {"name": "payments", "match": {"path": signed.PAYMENTS, "methods": ["POST"]},
@@ -370,6 +374,8 @@ http {{
         rulepack.build(r500, 500)
         default = self.tmp / "rules55"
         rulepack.build(default)
+        candidate = self.tmp / "challenger"
+        candidate_rules = rulepack.build_challenger(candidate)
         c_full = self.gateway_config("full", redis_url, upstream, default)
         secret = subprocess.run([TXGATE, "auth", "add-client", "bench", "--hmac", "--config",
                                  str(c_full)], capture_output=True, text=True, env=self.env,
@@ -393,6 +399,12 @@ http {{
                               "accounts", full))
         configs.append(Config("full", "txgate full (default pack, 55 rules)", full.port,
                               "payments", full))
+        # The cost of a challenger: the same gateway deciding each payment twice, with the
+        # challenger's own counters in the same round trip.
+        gx = self.start_gateway("fullx", self.gateway_config(
+            "fullx", redis_url, upstream, default, challenger=candidate), 1)
+        configs.append(Config("fullx", f"txgate full + challenger ({candidate_rules} rules)",
+                              gx.port, "payments", gx))
         gc = self.start_gateway("fullc", c_cluster, 1)
         configs.append(Config("fullc", "txgate full, 3-master cluster", gc.port, "payments", gc,
                               cluster=True))
@@ -420,7 +432,8 @@ http {{
                       f"cpu {result['cpu_us'] or 0:6.0f} µs/req  "
                       f"non-2xx {result['status_errors']}", flush=True)
 
-        peer_cfg, full_cfg, cluster_cfg = configs[1], configs[3], configs[4]
+        peer_cfg, full_cfg = configs[1], configs[3]
+        cluster_cfg = next(c for c in configs if c.name == "fullc")
         # Two fixed loads: half the peer's maximum (a capacity figure: txgate full cannot
         # serve it) and half txgate full's own maximum (its latency where it has headroom).
         rate = round(statistics.median(r["rps"] for r in peer_cfg.runs) / 2)
@@ -574,6 +587,14 @@ def report(data: dict) -> str:
                   f"request and **{(med(r['p50_us'] for r in wait) - med(r['p50_us'] for r in configs['full']['runs'])) / 1000:+.2f} ms** "
                   "at p50 under wrk's full load (the replica shares this machine's cores; every "
                   "signed payment carries claims, so every one waits)."]
+    if "fullx" in configs:
+        challenger_cpu = med(r["cpu_us"] for r in configs["fullx"]["runs"])
+        challenger_rps = med(r["rps"] for r in configs["fullx"]["runs"])
+        full_rps = med(r["rps"] for r in configs["full"]["runs"])
+        lines += ["", f"A challenger rule set (every payment decided twice, its own counters in "
+                      f"the same round trip) costs **×{challenger_cpu / single_cpu:.2f}** the "
+                      f"gateway CPU per request and **×{challenger_rps / full_rps:.2f}** the "
+                      "throughput of txgate full."]
     return "\n".join(lines) + "\n"
 
 

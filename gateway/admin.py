@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import multiprocess
 
 from auth.admin import setup_admin
+from auth.audit import ADMIN_ACTOR
+from gateway.lists import admin_routes
 from gateway import __version__
 from gateway.rates import RatesError
 from metrics.identity import (KEY_EXPIRY_WARNING_S, BuildInfo, WorkerProcesses,
@@ -71,6 +73,12 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
             details["rules_reload_error"] = services.rulebook.last_error
         if services.rates.last_error:
             details["rates_reload_error"] = services.rates.last_error
+        if services.challenger is not None:
+            # A challenger never decides alone: its failure is reported, never unready.
+            details["challenger"] = (services.challenger.current.version
+                                     if services.challenger.loaded else None)
+            if services.challenger.last_error:
+                details["challenger_reload_error"] = services.challenger.last_error
         try:
             await services.state.ping()
         except StateError as exc:
@@ -114,10 +122,17 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
         except RuleLoadError as exc:
             return _json({"error": "rules_invalid", "errors": exc.errors,
                           "version": services.rulebook.current.version}, 422)
+        answer = {"version": rules.version, "rules": len(rules.rules)}
+        challenger = services.challenger
+        if challenger is not None:
+            services.load_challenger()   # a failure leaves the champion deciding: reported here
+            answer["challenger"] = challenger.current.version if challenger.loaded else None
+            if challenger.last_error:
+                answer["challenger_errors"] = challenger.last_error.splitlines()
         supervisor = os.environ.get("TXGATE_SUPERVISOR_PID")
         if supervisor:   # the other workers reload too (gateway.workers)
             os.kill(int(supervisor), signal.SIGUSR1)
-        return _json({"version": rules.version, "rules": len(rules.rules)})
+        return _json(answer)
 
     async def openapi(_):
         return web.Response(body=_OPENAPI.read_bytes(), content_type="application/yaml")
@@ -127,6 +142,7 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/admin/rules/reload", reload_rules)
+    app.router.add_routes(admin_routes(services.list_admin, ADMIN_ACTOR))
     # Credential endpoints and the bearer check that guards every /admin/ path.
     setup_admin(app, services.credentials, admin_token, totp=services.stepup.totp)
     return app

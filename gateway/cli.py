@@ -107,6 +107,19 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("id")
     for p in asub.choices.values():
         p.add_argument("--config", default=None)
+
+    lists = sub.add_parser("lists", help="change and show live lists (lists: {NAME: {store: redis}})")
+    lsub = lists.add_subparsers(dest="action", required=True)
+    for name in ("add", "remove", "show"):
+        p = lsub.add_parser(name)
+        p.add_argument("list")
+        p.add_argument("values", nargs="*", metavar="VALUE")
+        p.add_argument("--config", default=None)
+        if name != "show":
+            p.add_argument("--reason", default=None)
+        if name == "add":
+            p.add_argument("--ttl", default=None, metavar="DURATION",
+                           help="the members expire after it, e.g. 30d (default: until removed)")
     return parser
 
 
@@ -155,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "explain":
             from rules import commands
             return commands.explain(args.log, args.request_id, _rules_dir(args, args.rules))
+        if args.command == "lists":
+            return _lists(args)
         return _auth(args)
     except (ConfigError, UsageError) as exc:
         for line in str(exc).splitlines():
@@ -262,6 +277,51 @@ def _auth(args) -> int:
     try:
         return asyncio.run(go())
     except (CredentialError, MasterKeyError, StateError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _lists(args) -> int:
+    from auth.audit import cli_actor
+    from gateway.decision_log import DecisionLog, open_sinks
+    from gateway.lists import ListAdmin, ListRefused, command
+    from gateway.routing import Router
+    from rules import RuleLoadError, load_rules
+    from state import create_backend
+    from state.lists import LiveLists
+
+    config = _load_config(args)
+    if config.state.backend == "memory":
+        raise UsageError("live lists need a shared store: set state.backend: redis in the config "
+                         "(the memory backend lives inside one gateway process; use its admin "
+                         "API, POST /admin/lists/NAME)")
+    types = Router.of(config).attribute_types() or None
+    try:
+        # The configured rules say which lists are live: a typo must not create a list.
+        declared = load_rules(config.rules.path, types).live_lists
+        if config.rules.challenger:
+            declared += load_rules(config.rules.challenger, types).live_lists
+    except RuleLoadError as exc:
+        raise UsageError("\n".join(exc.errors)) from None
+
+    async def go() -> int:
+        state = create_backend(config.state.backend, config.state.url, config.state.cluster,
+                               config.state.timeout_ms)
+        # Every change is an audit line in the decision log's sinks, as for credentials.
+        audit_log = DecisionLog(open_sinks(config))
+        audit_log.start()
+        await state.start()
+        try:
+            admin = ListAdmin(LiveLists(state), lambda: declared, audit_log.write)
+            return await command(admin, args.action, args.list, args.values, actor=cli_actor(),
+                                 reason=getattr(args, "reason", None),
+                                 ttl=getattr(args, "ttl", None), out=sys.stdout)
+        finally:
+            await state.close()
+            await audit_log.close()
+
+    try:
+        return asyncio.run(go())
+    except ListRefused as exc:
         raise UsageError(str(exc)) from None
 
 

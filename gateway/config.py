@@ -101,6 +101,8 @@ class StateConfig(_Strict):
 
 class RulesConfig(_Strict):
     path: str = DEFAULT_RULES
+    # A second rule set that decides every transaction too, never enforced (champion/challenger).
+    challenger: str | None = None
     reload: Literal["watch", "signal", "off"] = "watch"
     # The zone of the built-ins `hour` and `weekday`: rules about the night mean the customers'
     # night, whatever zone the servers run in.
@@ -423,7 +425,7 @@ def parse_config(data: object, environ: dict | None = None) -> Config:
 
 
 # Keys holding file paths: in a file, a relative one is relative to the file's directory.
-_PATH_KEYS = (("rules", "path"), ("decision_log", "path"), ("auth", "master_key_file"),
+_PATH_KEYS = (("rules", "path"), ("rules", "challenger"), ("decision_log", "path"), ("auth", "master_key_file"),
               ("tls", "cert_file"), ("tls", "key_file"), ("tls", "client_ca_file"),
               ("currencies", "rates"))
 

@@ -37,6 +37,14 @@ def check(path: str | None, out: TextIO, err: TextIO, environ=None) -> int:
             version, count = rules.version, len(rules.rules)
     except RuleLoadError as exc:
         problems.extend(exc.errors)
+    challenger = ""
+    if config.rules.challenger:
+        # At run time a broken challenger only goes unused; before a start it is a problem.
+        try:
+            with load_rules(config.rules.challenger, Router.of(config).attribute_types()) as other:
+                challenger = f", challenger {len(other.rules)} rules (version {other.version})"
+        except RuleLoadError as exc:
+            problems.extend(exc.errors)
     try:
         load_master_key(config.auth.master_key_file, environ)
     except MasterKeyError as exc:
@@ -49,7 +57,7 @@ def check(path: str | None, out: TextIO, err: TextIO, environ=None) -> int:
     for note in _notes(config, environ):
         print(f"note: {note}", file=out)
     print(f"{path or '(defaults)'}: OK: {len(config.routes)} routes, {count} rules "
-          f"(version {version})", file=out)
+          f"(version {version}){challenger}", file=out)
     return 0
 
 

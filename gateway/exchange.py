@@ -30,6 +30,10 @@ class Exchange:
     velocity: Any = None                 # the Velocity that observation came from
     rules: Any = None                    # the RuleSet pinned for this request
     decision: Any = None                 # rules.Decision
+    challenger: Any = None               # the challenger RuleSet pinned, when configured
+    challenger_features: dict = field(default_factory=dict)  # its own counters and lists
+    challenger_decision: Any = None      # rules.Decision, never enforced (None: it failed)
+    challenger_failed: bool = False      # its decide refused this transaction's attributes
     error: Exception | None = None
     forwarded: bool = False
     upstream_status: int | None = None

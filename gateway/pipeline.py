@@ -16,6 +16,7 @@ the answer is built in gateway.responses. Every request is recorded, whatever en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -64,8 +65,8 @@ class Pipeline:
             if route.config.transaction is None:
                 await self.require_tier(ex, route.config.min_tier)
                 return await self.forward(ex)
-            with self.s.rulebook.use() as rules:
-                ex.rules = rules
+            with self.s.rulebook.use() as rules, self._challenger() as challenger:
+                ex.rules, ex.challenger = rules, challenger
                 self.extract(ex)
                 await self.observe(ex)
                 self.decide(ex)
@@ -87,6 +88,10 @@ class Pipeline:
                 await self.s.recorder.settle(ex)
             self.s.recorder.record(ex)
             REQUEST_ID.reset(logged_as)
+
+    def _challenger(self):
+        book = self.s.challenger
+        return book.use() if book is not None else contextlib.nullcontext()
 
     async def authenticate(self, ex: Exchange) -> None:
         """The stateless half of the signature check; the single-use claims it yields ride on
@@ -120,7 +125,7 @@ class Pipeline:
 
     async def observe(self, ex: Exchange) -> None:
         """ONE state call: the signature's claims, every counter, the provisional on-allow."""
-        pair = self.s.velocity_for(ex.rules)
+        pair = self.s.velocity_for(ex.rules, ex.challenger)
         ex.event_id = await self._event_id(ex)
         observation = await self._on_side(
             ex, lambda side: side.observe(pair, ex.attrs, ex.event_id, ex.claims))
@@ -129,6 +134,8 @@ class Pipeline:
                 raise invalid_signature("replay")
             ex.observation, ex.velocity = observation, ex.side.velocity(pair)
             ex.attrs.update(observation.features)
+            if observation.challenger:
+                ex.challenger_features = observation.challenger
 
     async def _event_id(self, ex: Exchange) -> str:
         """Identifies a transaction across its step-up repeat, so that it is counted once: a
@@ -165,6 +172,14 @@ class Pipeline:
 
     def decide(self, ex: Exchange) -> None:
         ex.decision = ex.rules.decide(ex.attrs, ex.route.name)
+        if ex.challenger is not None:
+            # Decided on the same transaction and counters (its own over the champion's), and
+            # only recorded: nothing the challenger says changes what happens to the request.
+            try:
+                ex.challenger_decision = ex.challenger.decide(
+                    {**ex.attrs, **ex.challenger_features}, ex.route.name)
+            except ValueError:   # a value of a kind its rules do not compare: logged as error
+                ex.challenger_decision, ex.challenger_failed = None, True
 
     async def step_up(self, ex: Exchange) -> None:
         _refuse_denied(ex)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
+from auth.tiers import tier_rank
 from state.base import StateError
-from metrics.definitions import (AUTH_FAILURES, BAD_REQUESTS, OVERHEAD, REQUESTS, RISK_SCORE,
-                                 RULE_HITS, STATE_ERRORS, UNMATCHED_ROUTE)
+from metrics.definitions import (AUTH_FAILURES, BAD_REQUESTS, CHALLENGER_DECISIONS, OVERHEAD,
+                                 REQUESTS, RISK_SCORE, RULE_HITS, STATE_ERRORS, UNMATCHED_ROUTE)
 
 log = logging.getLogger("txgate.record")
 # A challenge, a locked user and a user with nothing enrolled are all "the rules wanted more".
@@ -27,6 +28,25 @@ def outcome(ex) -> str:
     if error.code == "transaction_denied":
         return "deny"
     return "error"
+
+
+def challenger_outcome(ex) -> str | None:
+    """What the gateway would have done had the challenger decided (None: it did not run).
+
+    Its deny is a deny; a tier it asks for above the one the request proved is a step-up; a
+    review is a review; anything else forwards. A challenger that failed on the transaction's
+    attributes is an error."""
+    if ex.challenger_failed:
+        return "error"
+    decision = ex.challenger_decision
+    if decision is None:
+        return None
+    if decision.action == "deny":
+        return "deny"
+    wanted = decision.required_tier
+    if wanted and tier_rank(wanted) > tier_rank(ex.tier or "client"):
+        return "step_up"
+    return "review" if decision.action == "review" else "allow"
 
 
 class Recorder:
@@ -55,6 +75,9 @@ class Recorder:
             RISK_SCORE.labels(route).observe(decision.score)
             for hit in decision.hits:
                 RULE_HITS.labels(hit.rule, hit.action or "score", hit.mode).inc()
+        challenged = challenger_outcome(ex)
+        if challenged is not None:
+            CHALLENGER_DECISIONS.labels(route, decided, challenged).inc()
         if ex.route is not None and ex.route.config.transaction is not None:
             self._log.write(self._entry(ex, decided, elapsed))
 
@@ -88,6 +111,9 @@ class Recorder:
             entry["degraded"] = ex.side.policy
         if ex.normalized:
             entry["normalized"] = ex.normalized
+        challenged = challenger_outcome(ex)
+        if challenged is not None:
+            entry["challenger"] = _challenger(ex, challenged)
         return entry
 
     @staticmethod
@@ -114,6 +140,14 @@ class Recorder:
         except StateError as exc:
             STATE_ERRORS.labels(exc.operation).inc()
             log.error("on-allow counters not settled for request %s: %s", ex.request_id, exc)
+
+
+def _challenger(ex, decided: str) -> dict:
+    """The decision log's ``challenger``: what the challenger rule set said, never enforced."""
+    other = ex.challenger_decision
+    return {"version": ex.challenger.version, "decision": decided,
+            "action": other.action if other else None, "score": other.score if other else None,
+            "rules": [_hit(h) for h in other.hits] if other else []}
 
 
 def _hit(hit) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 from gateway.watch import FileWatch
 from rules import RuleLoadError, RuleSet, load_rules
 
-from metrics.definitions import RULES_INFO, RULES_RELOADS
+from metrics.definitions import CHALLENGER_RELOADS, RULES_INFO, RULES_RELOADS
 
 log = logging.getLogger("txgate.rules")
 
@@ -33,9 +33,17 @@ class _Active:
 
 
 class RuleBook:
-    def __init__(self, path: str | Path, attribute_types: dict[str, str]):
+    """The champion rule set (``rules.path``), or with ``challenger`` the challenger set
+    (``rules.challenger``): decided with on every request, never enforced. The two reload
+    alike and separately; a challenger counts its reloads in its own metric, logs them with
+    ``set: challenger``, and its failure at start-up only leaves the gateway without one."""
+
+    def __init__(self, path: str | Path, attribute_types: dict[str, str], challenger: bool = False):
         self.path = Path(path)
         self._types = attribute_types
+        self.challenger = challenger
+        self._reloads = CHALLENGER_RELOADS if challenger else RULES_RELOADS
+        self._name = "challenger rules" if challenger else "rules"
         self._active: _Active | None = None
         self.last_error: str | None = None
         self._watch = FileWatch(self._fingerprint, self.reload_quietly)
@@ -45,43 +53,60 @@ class RuleBook:
     def current(self) -> RuleSet:
         return self._active.rules
 
+    @property
+    def loaded(self) -> bool:
+        return self._active is not None
+
     def load(self) -> RuleSet:
         """Load from disk and swap in; raises RuleLoadError and keeps the running set on failure."""
         try:
             rules = load_rules(self.path, self._types)
         except RuleLoadError as exc:
-            RULES_RELOADS.labels("failure").inc()
+            self._reloads.labels("failure").inc()
             self.last_error = "\n".join(exc.errors)
-            if self._active is not None:   # at start-up the caller reports it and exits
-                log.error("rule reload failed, keeping version %s:\n%s",
-                          self._active.rules.version, self.last_error,
-                          extra={"event": "rules_reload", "outcome": "failure",
-                                 "version": self._active.rules.version})
+            if self._active is not None or self.challenger:
+                # At start-up the caller reports a champion's failure and exits.
+                version = self._active.rules.version if self._active is not None else None
+                log.error("%s reload failed, keeping version %s:\n%s", self._name, version,
+                          self.last_error, extra={"event": "rules_reload", "outcome": "failure",
+                                                  "version": version, "set": self._set})
             raise
         old = self._active
         self._active = _Active(rules)
         for listener in self.listeners:
             listener(rules)
         if old is not None:
-            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            if self.challenger:
+                pass   # the challenger's version is in the decision log, not in rules_info
+            elif os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                 # prometheus-client cannot remove a label set across processes: zero it.
                 RULES_INFO.labels(old.rules.version, str(len(old.rules.rules))).set(0)
             else:
                 RULES_INFO.remove(old.rules.version, str(len(old.rules.rules)))
             old.retired = True
             old.release()
-        RULES_INFO.labels(rules.version, str(len(rules.rules))).set(1)
-        RULES_RELOADS.labels("success").inc()
+        if not self.challenger:
+            RULES_INFO.labels(rules.version, str(len(rules.rules))).set(1)
+        self._reloads.labels("success").inc()
         self.last_error = None
-        log.info("rules version %s loaded: %d rules, %d counters", rules.version,
+        log.info("%s version %s loaded: %d rules, %d counters", self._name, rules.version,
                  len(rules.rules), len(rules.counters),
-                 extra={"event": "rules_reload", "outcome": "success", "version": rules.version})
+                 extra={"event": "rules_reload", "outcome": "success", "version": rules.version,
+                        "set": self._set})
         return rules
+
+    @property
+    def _set(self) -> str:
+        return "challenger" if self.challenger else "champion"
 
     @contextlib.contextmanager
     def use(self):
-        """The rule set one request decides with, pinned until the request ends."""
+        """The rule set one request decides with, pinned until the request ends (None while
+        none is loaded: a challenger that never loaded)."""
         active = self._active
+        if active is None:
+            yield None
+            return
         active.users += 1
         try:
             yield active.rules

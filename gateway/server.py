@@ -92,6 +92,8 @@ class GatewayServer:
             self._runners.append(runner)
         if self.config.rules.reload == "watch":
             self.services.rulebook.watch()
+            if self.services.challenger is not None:
+                self.services.challenger.watch()
             self.services.rates.watch()
         log.info("txgate listening on %s (admin %s), rules %s", self.config.listen,
                  self.config.admin_listen, self.services.rulebook.current.version)
@@ -121,7 +123,7 @@ class GatewayServer:
 
     def _on_sighup(self) -> None:
         if self.config.rules.reload != "off":
-            self.services.rulebook.reload_quietly()
+            self.services.reload_rules()
             self.services.rates.reload_quietly()
         elif self.tls is None:
             log.warning("SIGHUP ignored: rules.reload is off and there is no TLS to reload")
@@ -138,7 +140,7 @@ class GatewayServer:
         loop.add_signal_handler(signal.SIGUSR1, self._on_reload)
 
     def _on_reload(self) -> None:
-        self.services.rulebook.reload_quietly()
+        self.services.reload_rules()
         self.services.rates.reload_quietly()
 
     def stop(self) -> None:

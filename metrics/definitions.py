@@ -39,6 +39,13 @@ STATE_ERRORS = Counter("txgate_state_errors", "State store failures by operation
 FAIL_OPEN = Counter("txgate_fail_open", "Requests decided without shared state (fail_open/local)",
                     ["route", "policy"])
 RULES_RELOADS = Counter("txgate_rules_reloads", "Rule reloads by outcome", ["outcome"])
+CHALLENGER_RELOADS = Counter("txgate_challenger_reloads",
+                             "Challenger rule set loads and reloads by outcome", ["outcome"])
+# Champion/challenger (rules.challenger): the champion's decision as txgate_requests_total has
+# it, the challenger's as the gateway would have made it; both from DECISIONS.
+CHALLENGER_DECISIONS = Counter("txgate_challenger_decisions",
+                               "Decided requests by route, champion decision and challenger decision",
+                               ["route", "champion", "challenger"])
 RATES_RELOADS = Counter("txgate_rates_reloads", "Exchange-rate file reloads by outcome", ["outcome"])
 # With workers, "liveall" gives one series per live worker (an extra pid label), so a reload
 # rolling through the workers is visible and a dead worker's series disappear with
@@ -50,6 +57,12 @@ DECISION_LOG_ERRORS = Counter("txgate_decision_log_errors",
                               "Decision log records that a sink failed to write", ["sink"])
 BAD_REQUESTS = Counter("txgate_bad_requests", "Refused malformed requests by error code",
                        ["route", "error"])
+# Live lists (gateway.lists): label values are the live lists the loaded rules declare and the
+# admin API's own error codes, never request data.
+LIST_CHANGES = Counter("txgate_list_changes", "Live-list members added or removed by the admin API",
+                       ["list", "action"])
+LIST_REFUSED = Counter("txgate_list_refused", "Refused live-list changes and reads by error code",
+                       ["error"])
 
 
 def precreate(routes: Mapping[str, str]) -> None:
@@ -78,6 +91,7 @@ def precreate(routes: Mapping[str, str]) -> None:
             STEPUP.labels(method, outcome)
     for outcome in RELOAD_OUTCOMES:
         RULES_RELOADS.labels(outcome)
+        CHALLENGER_RELOADS.labels(outcome)
         RATES_RELOADS.labels(outcome)
     # An unconfigured sink stays at zero, which is true: it never failed.
     for sink in DECISION_LOG_SINKS:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from dataclasses import field as _field   # `field` is also a CounterSpec attribute
 
 AGGREGATES = ("count", "sum", "distinct", "first_seen")
 RESETS = ("strong_auth",)
@@ -11,6 +12,8 @@ ON = ("attempt", "allow")
 # lines); client: one per key and calling client, so that one client's traffic cannot move
 # the counters another client's users are judged by.
 SCOPES = ("global", "client")
+from rules.reference import evaluate
+
 _WINDOW = re.compile(r"^([1-9][0-9]*)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_S = 400 * 86400
@@ -26,11 +29,27 @@ class CounterSpec:
     reset_on: str | None = None
     on: str = "attempt"
     scope: str = "global"
+    # `where:` as written, and its parsed expression (rules.expressions IR; the loader parses
+    # it once, lists known): only transactions it holds for are counted.
+    where: str | None = None
+    where_expr: object = _field(default=None, compare=False, repr=False)
 
     @property
     def feature(self) -> str:
         """The attribute name rules use: the counter's name, or NAME_age_s for first_seen."""
         return f"{self.name}_age_s" if self.aggregate == "first_seen" else self.name
+
+    def counts(self, attrs: dict) -> bool:
+        """Whether this transaction is one the counter counts: its ``where:`` holds, with the
+        rules' meaning (rules.reference: an atom on an absent attribute is false)."""
+        if self.where_expr is None:
+            return True
+        try:
+            return evaluate(self.where_expr, attrs)
+        except TypeError:
+            # A value of another kind than the where compares it with (only possible for an
+            # attribute no route declares): not counted, as the engine would not match it.
+            return False
 
 
 def parse_window(text) -> int:
@@ -77,4 +96,8 @@ def counter_from_dict(d: dict) -> CounterSpec:
     scope = d.get("scope", "global")
     if scope not in SCOPES:
         raise ValueError(f"counter {name}: scope must be global or client")
-    return CounterSpec(name, tuple(key), aggregate, field, window, reset_on, on, scope)
+    where = d.get("where")
+    if where is not None and (not isinstance(where, str) or not where.strip()):
+        raise ValueError(f"counter {name}: where must be a condition, e.g. where: amount_base >= 100")
+    return CounterSpec(name, tuple(key), aggregate, field, window, reset_on, on, scope,
+                       None if where is None else where.strip())

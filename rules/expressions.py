@@ -87,6 +87,21 @@ class Or:
 
 Expr = Union[Compare, In, Matches, Exists, Not, And, Or]
 
+
+@dataclass(frozen=True)
+class LiveList:
+    """A list declared ``{store: redis}``: its members live in the state store and change
+    without a reload. ``attr in lists.NAME`` reads the boolean attribute ``membership(attr,
+    NAME)``, which the gateway looks up in the request's state round trip (absent when
+    ``attr`` is)."""
+
+    name: str
+
+
+def membership(attr: str, list_name: str) -> str:
+    """The attribute holding whether ``attr``'s value is in the live list (decision-log name)."""
+    return f"{attr}_in_{list_name}"
+
 _CMP = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 _FLIP = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 _ARITH = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
@@ -132,8 +147,9 @@ def walk(node: Expr):
 
 
 class _Builder:
-    def __init__(self, lists: dict[str, list]):
+    def __init__(self, lists: dict, memberships: dict[str, tuple[str, str]] | None):
         self.lists = lists
+        self.memberships = memberships
 
     def fail(self, node: ast.AST, msg: str) -> ExpressionError:
         return ExpressionError(f"{msg} (column {getattr(node, 'col_offset', 0) + 1})")
@@ -183,6 +199,13 @@ class _Builder:
         if isinstance(op, (ast.In, ast.NotIn)):
             if not isinstance(left, ast.Name):
                 raise self.fail(node, "the left side of 'in' must be an attribute")
+            live = self.live_list(right)
+            if live is not None:
+                name = membership(left.id, live.name)
+                if self.memberships is not None:
+                    self.memberships[name] = (left.id, live.name)
+                # `not in` stays an atom: false, like `in`, when the attribute is absent.
+                return Compare("==", name, Lit(not isinstance(op, ast.NotIn)))
             values, list_name = self.collection(right)
             return In(left.id, values, isinstance(op, ast.NotIn), list_name)
         if type(op) not in _CMP:
@@ -190,6 +213,12 @@ class _Builder:
         sym = _CMP[type(op)]
         lhs, rhs = self.operand(left), self.operand(right)
         return self.normalise(sym, lhs, rhs, node)
+
+    def live_list(self, node: ast.AST) -> LiveList | None:
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id == "lists" and isinstance(self.lists.get(node.attr), LiveList)):
+            return self.lists[node.attr]
+        return None
 
     def collection(self, node: ast.AST) -> tuple[tuple, str | None]:
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
@@ -318,8 +347,12 @@ def _describe(node: ast.AST) -> str:
     return type(node).__name__.lower()
 
 
-def parse_when(text: str, lists: dict[str, list]) -> Expr:
-    """Parse one `when` into its IR; ExpressionError naming the column otherwise."""
+def parse_when(text: str, lists: dict, memberships: dict[str, tuple[str, str]] | None = None
+               ) -> Expr:
+    """Parse one `when` into its IR; ExpressionError naming the column otherwise.
+
+    ``lists`` maps a name to its values or to a LiveList; each live-list test read is recorded
+    in ``memberships`` (attribute name -> (tested attribute, list name)) when given."""
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError("'when' must be a non-empty string")
     try:
@@ -333,5 +366,5 @@ def parse_when(text: str, lists: dict[str, list]) -> Expr:
     except SyntaxError as e:
         hint = "; write regex patterns as raw strings: r\"...\"" if "escape" in str(e.msg) else ""
         raise ExpressionError(f"syntax error: {e.msg} (column {e.offset or 0}){hint}") from None
-    b = _Builder(lists)
+    b = _Builder(lists, memberships)
     return b.expr(tree.body)

@@ -5,6 +5,7 @@ a bad file never produces a half-built rule set (the gateway keeps the running o
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import math
@@ -15,14 +16,14 @@ from rules.compiler import FALSE, TRUE, CompileError, compile_expr, key
 from rules.counters import CounterSpec, counter_from_dict
 from rules.decision import ACTIONS, DEFAULT_THRESHOLDS
 from rules.engine import refusal
-from rules.expressions import ExpressionError, Matches, expr_attrs, parse_when, walk
+from rules.expressions import ExpressionError, LiveList, Matches, expr_attrs, parse_when, walk
 from rules.kinds import BUILTINS, TYPE_KIND, KindChecker
 from rules.ruleset import Rule, RuleSet
 from rules.yamlsrc import LineDict, line_of, load_yaml
 
 TOP_KEYS = {"version", "lists", "counters", "thresholds", "rules"}
 RULE_KEYS = {"id", "description", "when", "action", "score", "mode", "tags", "routes"}
-COUNTER_KEYS = {"name", "key", "window", "aggregate", "field", "on", "reset_on", "scope"}
+COUNTER_KEYS = {"name", "key", "window", "aggregate", "field", "on", "reset_on", "scope", "where"}
 MODES = ("enforce", "shadow")
 _RULE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 # The engine refuses facts with more than 255 properties; leave room for sid, id and the guard.
@@ -54,8 +55,11 @@ class _Load:
     def __init__(self, attribute_types: dict[str, str] | None):
         self.errors: list[tuple[str, int, str]] = []
         self.types = attribute_types
-        self.lists: dict[str, tuple] = {}
+        self.lists: dict[str, tuple | LiveList] = {}
+        # Live-list reads of the rules: attribute name -> (tested attribute, list name).
+        self.memberships: dict[str, tuple[str, str]] = {}
         self.counters: list[tuple[CounterSpec, str, int]] = []
+        self.where_lines: dict[str, int] = {}   # counter name -> line of its where:
         self.thresholds: dict[str, float] | None = None
         self.raw_rules: list[tuple[LineDict, str]] = []
 
@@ -95,7 +99,7 @@ class _Load:
         if lists is None:
             return
         if not isinstance(lists, LineDict):
-            self.err(file, line, "lists must be a mapping of NAME: [values]")
+            self.err(file, line, "lists must be a mapping of NAME: [values] or NAME: {store: redis}")
             return
         for name, values in lists.items():
             ln = line_of(lists, name)
@@ -103,6 +107,12 @@ class _Load:
                 self.err(file, ln, f"list name {name!r} is not an identifier")
             elif name in self.lists:
                 self.err(file, ln, f"list {name!r} is declared twice")
+            elif isinstance(values, dict):
+                if dict(values) != {"store": "redis"}:
+                    self.err(file, ln, f"list {name!r}: a live list is declared {{store: redis}} "
+                                       "(its members are managed with txgate lists or /admin/lists)")
+                else:
+                    self.lists[name] = LiveList(name)
             elif not isinstance(values, list) or not all(
                     isinstance(v, (str, bool)) or (isinstance(v, (int, float)) and math.isfinite(v)) for v in values):
                 self.err(file, ln, f"list {name!r} must be a list of strings, numbers or booleans")
@@ -131,6 +141,8 @@ class _Load:
                 self.err(file, ln, f"counter {spec.name!r} is declared twice")
                 continue
             self.counters.append((spec, file, ln))
+            if spec.where is not None:
+                self.where_lines[spec.name] = line_of(item, "where", ln)
 
     def read_thresholds(self, file: str, data: LineDict, line: int) -> None:
         if "thresholds" not in data:
@@ -195,9 +207,12 @@ def _build(load: _Load, version: str) -> RuleSet:
         features[spec.feature] = spec
     for f in features:
         known[f] = "number"
+    live_names = {n for n, v in load.lists.items() if isinstance(v, LiveList)}
     first_seen_names = {s.name: s.feature for s in features.values() if s.aggregate == "first_seen"}
 
     checker = KindChecker(known)
+    load.counters = [(_with_where(load, spec, file, set(features) | set(first_seen_names), checker),
+                      file, line) for spec, file, line in load.counters]
     parsed = []
     seen_ids: dict[str, tuple[str, int]] = {}
     for item, file in load.raw_rules:
@@ -206,7 +221,17 @@ def _build(load: _Load, version: str) -> RuleSet:
             continue
         fields, expr, when_line = rule
         for name in sorted(expr_attrs(expr)):
-            if name in first_seen_names:
+            if name in load.memberships:
+                tested, list_name = load.memberships[name]
+                if name in types or name in features or name in BUILTINS:
+                    load.err(file, when_line, f"'{tested} in lists.{list_name}' is read as the attribute "
+                                              f"{name!r}, which is already an attribute or counter")
+                elif load.types is not None and tested not in known:
+                    load.err(file, when_line, f"unknown attribute {tested!r}: not a transaction field or built-in")
+                # Live lists hold strings: the tested attribute is a string.
+                checker.require(tested, "string", (file, when_line), "a live list needs")
+                checker.require(name, "boolean", (file, when_line), "a live-list test is")
+            elif name in first_seen_names:
                 load.err(file, when_line, f"counter {name!r} is first_seen: rules read '{first_seen_names[name]}'")
             elif load.types is not None and name not in known:
                 load.err(file, when_line, f"unknown attribute {name!r}: not a transaction field, built-in or counter")
@@ -246,7 +271,10 @@ def _build(load: _Load, version: str) -> RuleSet:
     if load.errors:
         raise RuleLoadError([f"{f}:{ln}: {m}" for f, ln, m in sorted(load.errors, key=lambda e: (e[0], e[1]))])
     thresholds = dict(DEFAULT_THRESHOLDS) if load.thresholds is None else load.thresholds
+    used_lists = {name: load.memberships[name] for name in sorted(attribute_names) if name in load.memberships}
     return RuleSet(version=version, rules=tuple(rules), counters=tuple(s for s, _, _ in load.counters),
+                   memberships=tuple((name, tested, list_name) for name, (tested, list_name) in used_lists.items()),
+                   live_lists=tuple(sorted(live_names)),
                    lists=dict(load.lists), thresholds=thresholds,
                    kinds={k: v for k, v in kinds.items() if k in attribute_names or k == "route"},
                    attribute_names=frozenset(attribute_names))
@@ -261,6 +289,30 @@ def unchecked_attributes(rs: RuleSet) -> dict[str, str | None]:
                                       for a in c.key + ((c.field,) if c.field else ())}
     return {name: next(iter(difflib.get_close_matches(name, sorted(known), 1, 0.8)), None)
             for name in sorted(read - known)}
+def _with_where(load: _Load, spec: CounterSpec, file: str, counter_names: set[str],
+                checker: KindChecker) -> CounterSpec:
+    """The spec with its ``where:`` parsed and checked once; errors name the where's line."""
+    if spec.where is None:
+        return spec
+    line = load.where_lines[spec.name]
+    read_lists: dict[str, tuple[str, str]] = {}
+    try:
+        expr = parse_when(spec.where, load.lists, read_lists)
+    except ExpressionError as e:
+        load.err(file, line, f"counter {spec.name}: bad where: {e}")
+        return spec
+    for name in sorted(expr_attrs(expr)):
+        if name in read_lists:
+            load.err(file, line, f"counter {spec.name}: where reads live list {read_lists[name][1]!r}; "
+                                 "a where reads static lists only (live members are read with the counters)")
+        elif name in counter_names:
+            load.err(file, line, f"counter {spec.name}: where reads counter {name!r}; a where reads "
+                                 "transaction attributes and built-ins only (counters are not known yet "
+                                 "when it is decided what to count)")
+        elif load.types is not None and name not in set(load.types) | set(BUILTINS):
+            load.err(file, line, f"counter {spec.name}: where reads unknown attribute {name!r}")
+    checker.visit(expr, (file, line))
+    return dataclasses.replace(spec, where_expr=expr)
 
 
 _regex_verdicts: dict[str, str | None] = {}
@@ -327,7 +379,7 @@ def _read_rule(load: _Load, item: LineDict, file: str, seen_ids: dict):
         bad("id", "rule needs when:")
     else:
         try:
-            expr = parse_when(item["when"], load.lists)
+            expr = parse_when(item["when"], load.lists, load.memberships)
         except ExpressionError as e:
             bad("when", f"bad when: {e}")
     if not ok:

@@ -45,11 +45,16 @@ class RuleSet:
 
     def __init__(self, *, version: str, rules: tuple[Rule, ...], counters: tuple[CounterSpec, ...],
                  lists: dict[str, tuple], thresholds: dict[str, float], kinds: dict[str, str],
-                 attribute_names: frozenset[str]):
+                 attribute_names: frozenset[str],
+                 memberships: tuple[tuple[str, str, str], ...] = (), live_lists: tuple[str, ...] = ()):
         self.version = version
         self.rules = rules
         self.counters = counters
-        self.lists = lists
+        self.lists = lists   # static lists by name; a live one is a rules.expressions.LiveList
+        # What the rules read of live lists: (attribute, tested attribute, list name); the
+        # gateway looks each up in the request's state round trip.
+        self.memberships = memberships
+        self.live_lists = live_lists     # every live list declared, read or not
         self.thresholds = thresholds
         self.attribute_names = attribute_names
         self.kinds = kinds

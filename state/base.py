@@ -87,6 +87,10 @@ class StateBackend(ABC):
     async def hgetall(self, key: str) -> dict[str, bytes]:
         """Every field of a record collection."""
 
+    @abstractmethod
+    async def hdel(self, key: str, field: str) -> bool:
+        """Remove one field of a record collection; True when it was there (live lists)."""
+
     async def velocity(self, batches: Sequence[Batch]) -> list[list[int]]:
         """Apply each batch of counter operations atomically; one result list per batch.
 

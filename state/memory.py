@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 
 from state.base import StateBackend
-from state.ops import (ABSENT, CONFIRM_FIRST, DISTINCT, FIRST_SEEN, NUMBER, PROVISIONAL,
+from state.ops import (ABSENT, CONFIRM_FIRST, DISTINCT, FIRST_SEEN, MEMBER, NUMBER, PROVISIONAL,
                        PROVISIONAL_FIRST, UNDO, UNDO_FIRST, Batch, Op, Trip)
 from state.window import DISTINCT_CAP, NUMBER_CAP, bucket_count
 
@@ -139,6 +139,10 @@ class MemoryBackend(StateBackend):
         record = self._live(key)
         return dict(record) if isinstance(record, dict) else {}
 
+    async def hdel(self, key: str, field: str) -> bool:
+        record = self._live(key)
+        return isinstance(record, dict) and record.pop(field, None) is not None
+
     async def trip(self, claims: Sequence[tuple[str, int]], batches: Sequence[Batch]) -> Trip:
         return _apply_trip(self, claims, batches)
 
@@ -196,6 +200,10 @@ def _op(backend: MemoryBackend, op: Op, update: bool, now: int) -> int:
         return min(NUMBER_CAP, total - added if op.kind == PROVISIONAL else total)
     ttl_s = op.ttl_ms / 1000
     current = backend._live(op.key)
+    if op.kind == MEMBER:
+        entry = current.get(op.value) if isinstance(current, dict) else None
+        expires = int(entry.split(b" ", 1)[0]) if entry is not None else None
+        return int(expires is not None and (expires == 0 or expires > now))
     if op.kind == DISTINCT:
         members = current if isinstance(current, _Members) else _Members()
         if op.window_ms > 0:

@@ -30,6 +30,9 @@ UNDO_FIRST = "v"
 # Makes the exact provisional mark ``value`` a plain first-seen time, once its request was
 # forwarded (sent with a later state call: no round trip of its own).
 CONFIRM_FIRST = "c"
+# Is ``value`` a member of the live list whose hash is the key (state.lists), at the store's
+# time? 1 or 0; never writes. A live list is read in the request's one round trip like a counter.
+MEMBER = "l"
 
 ABSENT = -1
 

@@ -183,6 +183,9 @@ class RedisBackend(StateBackend):
             record = dict(zip(record[::2], record[1::2]))
         return {name.decode(): value for name, value in record.items()}
 
+    async def hdel(self, key: str, field: str) -> bool:
+        return bool(await self._command("hdel", ("HDEL", key, field)))
+
     async def trip(self, claims: Sequence[tuple[str, int]], batches: Sequence[Batch]) -> Trip:
         if not claims and not batches:
             return Trip(True, 0, (), ())

@@ -25,9 +25,11 @@ LUA = r"""
 --   counter applied provisionally), 'u' undo of a 'p' (value = minus the increment, the
 --   window slot = the time it was applied), 'd' distinct, 'f' first_seen, 'q' first_seen
 --   marked provisionally as '<now>:<value>' (window = the settle window), 'v' undo and 'c'
---   confirmation of a 'q' (value = the exact mark), 'x' reset.
+--   confirmation of a 'q' (value = the exact mark), 'x' reset,
+--   'l' live-list membership (a hash member -> '<expiry ms, 0 = never> <meta>'; never written).
 -- Returns {1, now, then per batch: applied (1/0) and one integer per op}: a total (scaled sum
--- or count), distinct members, first-seen age in ms (-1 when never seen), 0 for a reset/undo.
+-- or count), distinct members, first-seen age in ms (-1 when never seen), 0 for a reset/undo,
+-- 1/0 for a live-list member.
 -- A claim key that already exists returns {0, now} and writes nothing at all: a replayed
 -- signature or nonce is refused before anything is counted.
 
@@ -177,6 +179,10 @@ while a < #ARGV do
         end
       end
       out[i] = 0
+    elseif kind == 'l' then
+      local entry = redis.call('HGET', key, val)
+      local expires = entry and tonumber(string.match(entry, '^%d+'))
+      if expires and (expires == 0 or expires > now) then out[i] = 1 else out[i] = 0 end
     else
       redis.call('DEL', key)
       out[i] = 0

@@ -12,6 +12,7 @@ from gateway.config import UPSTREAM_TIMEOUT_S
 from state.base import StateBackend
 from gateway.velocity.counters import PREFIX, CounterPlan, encode, member_digest
 from state.base import StateError
+from state.lists import member_op
 from state.ops import (FIRST_SEEN, NUMBER, PROVISIONAL, PROVISIONAL_FIRST, Batch, Op, Trip,
                        confirm_of, undo_of)
 from state.window import EVENT_TTL_S
@@ -44,6 +45,9 @@ class Observation:
     features: dict
     pending: tuple[Batch, ...] = ()
     at_ms: int = 0
+    # The values only the challenger rule set declares (its own counters and live-list
+    # reads), which the challenger sees over ``features``.
+    challenger: dict | None = None
 
 
 class Velocity:
@@ -58,15 +62,37 @@ class Velocity:
     (``settle_window_s``). ``on: allow`` distinct counters cannot be undone exactly
     and are applied after forwarding by ``record_allowed``: one more round trip.
 
+    ``memberships`` (``RuleSet.memberships``: attribute, tested attribute, live list) are read
+    in the same round trip: the attribute is True or False when the tested one is a string.
+
+    ``challenger_counters`` and ``challenger_memberships`` (a challenger rule set's) are kept
+    and read in the same round trip. A counter the champion declares identically is one
+    counter; the challenger's others are its own keys (never a champion key: one that would
+    coincide with a champion counter it differs from gets a key of its own), counted as the
+    request really went, and reported in ``Observation.challenger``.
+
     For the ``local`` failure policy, ``Velocity(counters, MemoryBackend())`` is a per-process
-    fallback with the same semantics.
+    fallback with the same semantics (without memberships: it has no live list).
     """
 
     def __init__(self, counters: Sequence[CounterSpec], backend: StateBackend,
                  *, settle_s: float = settle_window_s(UPSTREAM_TIMEOUT_S),
-                 event_ttl_s: int = EVENT_TTL_S):
+                 event_ttl_s: int = EVENT_TTL_S,
+                 memberships: Sequence[tuple[str, str, str]] = (),
+                 challenger_counters: Sequence[CounterSpec] = (),
+                 challenger_memberships: Sequence[tuple[str, str, str]] = ()):
         self.backend = backend
+        own_reads = set(memberships)
+        self._memberships = tuple(memberships) + tuple(
+            m for m in challenger_memberships if m not in own_reads)
+        self._challenger_reads = frozenset(m[0] for m in challenger_memberships
+                                           if m not in own_reads)
         self._plans = [CounterPlan.of(spec) for spec in counters]
+        champion_keys = {p.identity for p in self._plans}
+        extra = [CounterPlan.of(spec, apart=CounterPlan.of(spec).identity in champion_keys)
+                 for spec in challenger_counters if spec not in counters]
+        self._plans += extra
+        self._challenger_only = frozenset(id(p) for p in extra)
         self._provisional = frozenset(id(p) for p in self._plans
                                       if p.spec.on == "allow" and p.kind in (NUMBER, FIRST_SEEN))
         self._late = [p for p in self._plans
@@ -118,8 +144,8 @@ class Velocity:
                 if is_provisional and plan.kind == FIRST_SEEN:
                     # The mark names this event, so that only its own withdrawal deletes it.
                     token = token or member_digest(event_id)
-                    allow_ops.append((plan, Op(key, PROVISIONAL_FIRST, True, token,
-                                               self._settle_ms, 0, plan.ttl_ms)))
+                    op = plan.op(key, attrs, True, PROVISIONAL_FIRST)   # where: applies
+                    allow_ops.append((plan, op._replace(value=token, window_ms=self._settle_ms)))
                 elif is_provisional:
                     allow_ops.append((plan, plan.op(key, attrs, True, PROVISIONAL)))
                 else:
@@ -131,6 +157,14 @@ class Velocity:
                         pending_index.append(len(batches))
                     batches.append(Batch(f"{base}:{marker}", self._event_ttl_ms,
                                          tuple(op for _, op in ops)))
+        counted = len(batches)
+        read = []   # the membership attributes, in the order of their batches
+        for name, tested, list_name in self._memberships:
+            value = attrs.get(tested)
+            if isinstance(value, str):
+                read.append(name)
+                # One batch per read: its list's slot on a cluster; merged on one server.
+                batches.append(Batch(None, 0, (member_op(list_name, value),)))
         # Earlier requests' confirmations go first, so that this request already reads them.
         # Lost with a failed call: an unconfirmed mark counts once the settle window is over.
         confirms = self._take_confirms()
@@ -139,14 +173,19 @@ class Velocity:
             self._confirms[:0] = [op for batch in confirms for op in batch.ops]   # nothing written
             return Observation(False, {})
         skip = len(confirms)
-        features: dict[str, int | float] = {}
-        for ops, values in zip(members, trip.results[skip:]):
+        results = trip.results[skip:]
+        features: dict[str, int | float | bool] = {}
+        challenger: dict[str, int | float | bool] = {}
+        only = self._challenger_only
+        for name, values in zip(read, results[counted:]):
+            (challenger if name in self._challenger_reads else features)[name] = values[0] == 1
+        for ops, values in zip(members, results):
             for (plan, _), result in zip(ops, values):
                 value = plan.feature(result)
                 if value is not None:
-                    features[plan.spec.feature] = value
+                    (challenger if id(plan) in only else features)[plan.spec.feature] = value
         pending = tuple(batches[i] for i in pending_index if trip.applied[skip + i])
-        return Observation(True, features, pending, trip.now_ms)
+        return Observation(True, features, pending, trip.now_ms, challenger)
 
     def confirm(self, observation: Observation) -> None:
         """Make the provisional first-seen marks of a forwarded request final: queued for this
@@ -210,6 +249,8 @@ class Velocity:
         """
         groups: dict[str, list[tuple[CounterPlan, Op]]] = {}
         for plan in self._late:
+            if not plan.spec.counts(attrs):
+                continue
             located = plan.tag_and_key(attrs)
             if located is not None:
                 tag, key = located

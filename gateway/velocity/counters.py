@@ -1,6 +1,6 @@
 """Counter plans: each declared CounterSpec compiled once into what a request needs.
 
-Keys: ``txv:{<first key attribute>=<value>}:<counter>:<aggregate>:<span>[:<attr>=<value>…]``
+Keys: ``txv:{<first key attribute>=<value>}:<counter>:<aggregate>:<span>[:f<where digest>][:<attr>=<value>…]``
 (span: ``w<window s>`` or ``r<reset_on>``; a ``scope: client`` counter ends with
 ``:client_id=<client>``). The hash tag is the counter's FIRST key
 attribute, so every counter of one user (``[user_id]``, ``[user_id, payee]``) shares a Redis
@@ -67,8 +67,15 @@ class CounterPlan:
     is_sum: bool
     is_distinct: bool
 
+    @property
+    def identity(self) -> tuple:
+        """What makes this plan's key: plans with equal identities share their keys."""
+        return self.tag_open, self.suffix, self.rest
+
     @classmethod
-    def of(cls, spec: CounterSpec) -> CounterPlan:
+    def of(cls, spec: CounterSpec, apart: bool = False) -> CounterPlan:
+        """``apart``: keys of their own (a challenger's counter that would share a champion
+        counter's key while counting differently: another ``on`` or ``field``)."""
         window_ms = (spec.window_s or 0) * 1000
         if spec.aggregate in ("count", "sum"):
             kind = NUMBER
@@ -84,6 +91,13 @@ class CounterPlan:
             raise ValueError(f"counter {spec.name}: unknown aggregate {spec.aggregate!r}")
         span = f"w{spec.window_s}" if spec.window_s else f"r{spec.reset_on or 'none'}"
         suffix = f":{spec.name}:{spec.aggregate}:{span}"
+        if spec.where is not None:
+            # A changed filter counts other transactions: it starts afresh, as a changed window.
+            suffix += ":f" + hashlib.blake2b(spec.where.encode(), digest_size=4).hexdigest()
+        if apart:
+            definition = repr((spec.name, spec.key, spec.aggregate, spec.field, spec.window_s,
+                               spec.reset_on, spec.on, spec.scope, spec.where))
+            suffix += ":c" + hashlib.blake2b(definition.encode(), digest_size=4).hexdigest()
         rest = spec.key[1:]
         if spec.scope == "client":
             # The calling client is one more key part (its own name, so it cannot collide
@@ -118,7 +132,10 @@ class CounterPlan:
     def op(self, key: str, attrs: dict, update: bool, kind: str | None = None) -> Op:
         """The operation for one request; an update whose field is absent becomes a read.
 
-        ``kind`` overrides the plan's kind (PROVISIONAL for an on: allow number)."""
+        ``kind`` overrides the plan's kind (PROVISIONAL for an on: allow number). A
+        transaction the counter's ``where:`` leaves out only reads it."""
+        if update and self.spec.where_expr is not None:
+            update = self.spec.counts(attrs)
         value: int | str = 1
         if self.is_sum:
             value = scaled_amount(attrs.get(self.spec.field)) or 0

@@ -1,6 +1,6 @@
 """Exactly one state round trip per request, counted on a real redis-server (MONITOR) behind
-a real txgate process: the signature's claims, every counter and the provisional ``on: allow``
-updates travel in one EVALSHA. Counting commands, never timing them.
+a real txgate process: the signature's claims, every counter, the provisional ``on: allow``
+updates and the live-list lookups travel in one EVALSHA. Counting commands, never timing them.
 
 MONITOR rather than INFO commandstats: since Redis 7 commandstats also counts the commands a
 script runs, while MONITOR tells a client's commands (round trips) from the script's own.
@@ -15,10 +15,13 @@ from collections import Counter
 import pytest
 import redis
 
+from tests.fixtures.processes import wait_until
 from tests.fixtures.signing import SignedClient
 
 RULES = """
 version: 1
+lists:
+  mule_payees: {store: redis}
 counters:
   - {name: user_tx_1h,      key: [user_id], window: 1h,  aggregate: count}
   - {name: user_amount_24h, key: [user_id], window: 24h, aggregate: sum, field: amount, on: allow}
@@ -36,6 +39,10 @@ rules:
     description: large amount
     when: amount + user_amount_24h > 5000
     score: 10
+  - id: T-MULE
+    description: a payee on the live mule list
+    when: payee in lists.mule_payees
+    score: 20
 """
 TX = {"user_id": "json:$.user_id", "amount": "json:$.amount", "currency": "json:$.currency",
       "payee": "json:$.payee"}
@@ -191,3 +198,62 @@ def test_the_shipped_pack_forwards_a_payment_in_one_evalsha(start_gateway, redis
         pay_usual(i).status_code for i in range(10)))
     assert statuses == [200] * 10
     assert seen == {"evalsha": 10}
+def test_live_list_membership_rides_the_same_single_trip(gw, redis_server):
+    added = gw.admin_post("/admin/lists/mule_payees", {"values": ["DE02m1", "DE02m3"]})
+    assert added.status_code == 200
+    assert pay(gw, "warm").status_code == 200
+    statuses = []
+    seen = measured(redis_server, lambda: statuses.extend(
+        pay(gw, f"m{i}").status_code for i in range(5)))
+    assert statuses == [200] * 5
+    assert seen == {"evalsha": 5}
+    wait_until(lambda: len(gw.decisions()) >= 6, what="the decision records")
+    scored = [(d["user_id"], d["features"]["payee_in_mule_payees"], d["score"])
+              for d in gw.decisions()[-5:]]
+    assert scored == [("m0", False, 0), ("m1", True, 20), ("m2", False, 0), ("m3", True, 20),
+                      ("m4", False, 0)]
+
+
+CHALLENGER = """
+version: 1
+lists:
+  risky_payees: {store: redis}
+counters:
+  - {name: user_tx_1h,      key: [user_id], window: 1h,  aggregate: count}
+  - {name: user_tx_10m,     key: [user_id], window: 10m, aggregate: count}
+  - {name: payee_tx_1h,     key: [payee],   window: 1h,  aggregate: count, where: amount >= 10}
+  - {name: user_amount_24h, key: [user_id], window: 24h, aggregate: sum, field: amount}
+rules:
+  - {id: X-BURST, description: a burst, when: user_tx_10m > 1 or payee_tx_1h > 3, action: deny}
+  - {id: X-RISKY, description: a risky payee, when: payee in lists.risky_payees, action: review}
+  - {id: X-AMT, description: attempted volume, when: user_amount_24h > 100, score: 10}
+"""
+
+
+def test_a_challengers_own_counters_and_lists_ride_the_same_single_trip(
+        start_gateway, redis_server, upstream, tmp_path):
+    for name, text in (("champion", RULES), ("challenger", CHALLENGER)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "pack.yaml").write_text(text)
+    gw = start_gateway({
+        "state": {"backend": "redis", "url": redis_server.url},
+        "rules": {"path": str(tmp_path / "champion"), "challenger": str(tmp_path / "challenger"),
+                  "reload": "off"},
+        "routes": [{"name": "payments", "match": {"path": "/pay", "methods": ["POST"]},
+                    "upstream": upstream.url, "transaction": TX}],
+    })
+    secret = gw.admin_post("/admin/clients", {"id": "bench", "hmac": True}).json()["secret"]
+    gw.client = SignedClient("bench", secret)
+    assert gw.admin_post("/admin/lists/risky_payees", {"values": ["DE02c1"]}).status_code == 200
+    assert pay(gw, "warm").status_code == 200
+    statuses = []
+    seen = measured(redis_server, lambda: statuses.extend(
+        pay(gw, f"c{i % 2}", amount=60).status_code for i in range(4)))
+    assert statuses == [200] * 4
+    assert seen == {"evalsha": 4}
+    wait_until(lambda: len(gw.decisions()) >= 5, what="the decision records")
+    records = [r["challenger"] for r in gw.decisions()[-4:]]
+    # Its own counters (10-minute burst, attempted volume) and list read in that one trip.
+    assert [(r["decision"], sorted(h["id"] for h in r["rules"])) for r in records] == [
+        ("allow", []), ("review", ["X-RISKY"]), ("deny", ["X-AMT", "X-BURST"]),
+        ("deny", ["X-AMT", "X-BURST", "X-RISKY"])]

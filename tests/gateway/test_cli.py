@@ -292,3 +292,28 @@ def test_rules_check_with_a_config_checks_attribute_names(tmp_path):
     result = txgate("rules", "check", "--config", config)
     assert result.returncode == 1
     assert f"{rules / 'r.yaml'}:3: unknown attribute 'amuont'" in result.stderr
+
+
+def test_config_check_loads_the_challenger_too(tmp_path):
+    for name, when in (("rules", "amount > 10"), ("candidate", "amount > ")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "r.yaml").write_text(f"version: 1\nrules:\n  - id: X-1\n    when: {when}\n"
+                                                "    action: deny\n")
+    config = tmp_path / "txgate.yaml"
+    config.write_text("rules: {path: rules, challenger: candidate}\n"
+                      "decision_log: {path: null}\n"
+                      "routes:\n"
+                      "  - name: pay\n"
+                      "    match: {path: /pay}\n"
+                      "    upstream: http://127.0.0.1:9000\n"
+                      "    transaction: {amount: json:$.amount}\n")
+    env = {"TXGATE_MASTER_KEY": KEY}
+    lines = assert_clean_error(txgate("config", "check", "--config", str(config), env=env))
+    assert len(lines) == 1 and lines[0].startswith(
+        f"txgate: {tmp_path / 'candidate' / 'r.yaml'}:4: bad when: syntax error")
+    (tmp_path / "candidate" / "r.yaml").write_text(
+        "version: 1\nrules:\n  - {id: X-1, when: amount > 5, action: review}\n")
+    ok = txgate("config", "check", "--config", str(config), env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert re.search(r"OK: 1 routes, 1 rules \(version \w+\), challenger 1 rules \(version \w+\)$",
+                     ok.stdout.strip())

@@ -61,5 +61,5 @@ def test_dashboard_has_a_prometheus_datasource_variable_used_by_every_panel():
                  "txgate_risk_score_bucket", "txgate_overhead_seconds_bucket",
                  "txgate_upstream_duration_seconds_bucket", "txgate_upstream_errors_total",
                  "txgate_state_errors_total", "txgate_fail_open_total", "txgate_rules_info",
-                 "txgate_rules_reloads_total"):
+                 "txgate_rules_reloads_total", "txgate_challenger_decisions_total"):
         assert name in metrics_used, f"no panel shows {name}"

@@ -31,6 +31,14 @@ rules:
   - {id: E-OTP, description: larger payments need a TOTP code, when: amount >= 200 and amount < 500, action: require_otp}
   - {id: E-DENY, description: very large payments are refused, when: amount >= 500, action: deny}
 """
+# A candidate set beside the champion: it would step up what the champion reviews, so the
+# "champion vs challenger" panel has pairs that differ.
+CHALLENGER = """
+version: 1
+rules:
+  - {id: X-OTP, description: mid-size payments need a code, when: amount >= 100 and amount < 500, action: require_otp}
+  - {id: X-DENY, description: very large payments are refused, when: amount >= 500, action: deny}
+"""
 TX = {"user_id": "json:$.user_id", "amount": "json:$.amount", "currency": "json:$.currency",
       "payee": "json:$.payee"}
 # What every Grafana variable of the dashboard stands for in the test's queries.
@@ -137,10 +145,13 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(
         start_gateway, upstream, redis_server, prometheus_for, tmp_path):
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "e2e.yaml").write_text(RULES)
+    (tmp_path / "challenger").mkdir()
+    (tmp_path / "challenger" / "e2e.yaml").write_text(CHALLENGER)
     route = {"upstream": upstream.url, "transaction": TX}
     gw = start_gateway({
         "state": {"backend": "redis", "url": redis_server.url, "timeout_ms": 200},
-        "rules": {"path": str(tmp_path / "rules"), "reload": "off"},
+        "rules": {"path": str(tmp_path / "rules"), "challenger": str(tmp_path / "challenger"),
+                  "reload": "off"},
         "routes": [
             {"name": "payments", "match": {"path": "/pay"}, **route},
             {"name": "payments-open", "match": {"path": "/pay-open"}, **route,
@@ -180,3 +191,8 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     assert stepups["issued"] == 3 and stepups["passed"] == 1 and stepups["failed"] == 1
     assert prometheus.query('txgate_upstream_errors_total{route="broken", kind="unavailable"} == 1')
     assert prometheus.query('sum(txgate_state_errors_total{job="txgate"}) > 0')
+    pairs = {(r["metric"]["champion"], r["metric"]["challenger"]): float(r["value"][1])
+             for r in prometheus.query('sum by (champion, challenger) '
+                                       '(txgate_challenger_decisions_total{route="payments"})')}
+    # The reviewed payments would have been stepped up; the denied ones denied alike.
+    assert pairs[("review", "step_up")] == 2 and pairs[("deny", "deny")] == 3

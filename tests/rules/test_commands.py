@@ -82,7 +82,7 @@ def test_default_pack_has_positive_and_negative_cases_for_every_rule():
 
 def test_check_ok_and_errors(write):
     code, out, err = run(check, PACK)
-    assert code == 0 and out.startswith("OK: ") and " rules, 18 counters, version " in out
+    assert code == 0 and out.startswith("OK: ") and " rules, 19 counters, version " in out
     d = write(a__yaml="rules:\n  - {id: X, when: 'a >', action: deny}\n  - {id: Y, when: a > 1, action: nope}\n")
     code, out, err = run(check, d)
     assert code == 1 and out == ""

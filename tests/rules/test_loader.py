@@ -195,3 +195,110 @@ def test_norway_and_on_are_not_booleans(write):
         assert rs.decide({"country": "NO"}, "payments").action == "deny"
     finally:
         rs.close()
+
+
+def test_a_counter_where_is_parsed_once_and_counts_only_matching_transactions(write):
+    d = write(a__yaml="""\
+        lists:
+          payment_routes: [payments, transfers]
+        counters:
+          - name: large_24h
+            key: [user_id]
+            window: 24h
+            aggregate: count
+            where: amount >= 100 and route in lists.payment_routes
+        rules:
+          - {id: R-1, when: large_24h > 2, action: review}
+        """)
+    rs = load_rules(d)
+    spec = rs.counters[0]
+    assert spec.where == "amount >= 100 and route in lists.payment_routes"
+    assert spec.counts({"route": "payments", "amount": 100})
+    assert not spec.counts({"route": "payments", "amount": 99.99})
+    assert not spec.counts({"route": "loans", "amount": 500})
+    assert not spec.counts({"route": "payments"})              # absent amount: not counted
+    assert not spec.counts({"route": "payments", "amount": "x"})  # another kind: not counted
+
+
+def test_a_counter_where_that_reads_a_counter_or_does_not_parse_names_file_and_line(write):
+    d = write(a__yaml="""\
+        counters:
+          - {name: tx_1h, key: [user_id], window: 1h, aggregate: count}
+          - {name: payee, key: [user_id, payee], aggregate: first_seen}
+          - name: big_1h
+            key: [user_id]
+            window: 1h
+            aggregate: count
+            where: amount > 10 and tx_1h > 3
+          - {name: new_1h, key: [user_id], window: 1h, aggregate: count, where: payee_age_s < 60}
+          - {name: odd_1h, key: [user_id], window: 1h, aggregate: count, where: "amount >"}
+          - {name: first_1h, key: [user_id], window: 1h, aggregate: count, where: payee == "x"}
+          - {name: empty_1h, key: [user_id], window: 1h, aggregate: count, where: ""}
+          - {name: colour_1h, key: [user_id], window: 1h, aggregate: count, where: colour == "red"}
+        rules:
+          - {id: R-1, when: big_1h > 2, action: review}
+        """)
+    errs = errors_of(d, {"user_id": "string", "amount": "amount", "payee": "string"})
+    a = str(d / "a.yaml")
+    assert f"{a}:8: counter big_1h: where reads counter 'tx_1h'; a where reads transaction " \
+           "attributes and built-ins only (counters are not known yet when it is decided what to " \
+           "count)" in errs
+    assert any(e.startswith(f"{a}:9: counter new_1h: where reads counter 'payee_age_s'") for e in errs)
+    assert any(e.startswith(f"{a}:10: counter odd_1h: bad where: syntax error") for e in errs)
+    assert any(e.startswith(f"{a}:11: counter first_1h: where reads counter 'payee'") for e in errs)
+    assert f"{a}:12: counter empty_1h: where must be a condition, e.g. where: amount_base >= 100" in errs
+    assert f"{a}:13: counter colour_1h: where reads unknown attribute 'colour'" in errs
+    assert len(errs) == 6
+
+
+def test_a_counter_where_is_kind_checked_with_the_rules(write):
+    d = write(a__yaml="""\
+        counters:
+          - {name: big_1h, key: [user_id], window: 1h, aggregate: count, where: amount > 10}
+        rules:
+          - {id: R-1, when: amount == "ten", action: review}
+        """)
+    # The where fixed amount as a number: the rule comparing it with a string is refused.
+    assert errors_of(d) == [f"{d / 'a.yaml'}:4: 'amount' is used as a number but is compared with a string"]
+
+
+def test_a_live_list_is_read_as_a_boolean_membership_attribute(write):
+    d = write(a__yaml="""\
+        lists:
+          mule_payees: {store: redis}
+          unused: {store: redis}
+          high_risk: [RU, KP]
+        rules:
+          - {id: L-1, when: payee in lists.mule_payees, action: deny}
+          - {id: L-2, when: amount > 100 and payee not in lists.mule_payees and country in lists.high_risk, action: review}
+        """)
+    with load_rules(d) as rs:
+        assert rs.live_lists == ("mule_payees", "unused")
+        assert rs.memberships == (("payee_in_mule_payees", "payee", "mule_payees"),)
+        assert rs.decide({"payee_in_mule_payees": True}, "payments").action == "deny"
+        assert rs.decide({"payee_in_mule_payees": False, "amount": 500, "country": "RU"},
+                         "payments").action == "review"
+        # Unknown membership (the store was not read): neither `in` nor `not in` holds.
+        assert rs.decide({"amount": 500, "country": "RU"}, "payments").action == "allow"
+
+
+def test_live_list_misuse_names_file_and_line(write):
+    d = write(a__yaml="""\
+        lists:
+          mules: {store: redis}
+          odd: {store: memcached}
+        counters:
+          - {name: c_1h, key: [user_id], window: 1h, aggregate: count, where: payee in lists.mules}
+        rules:
+          - {id: L-1, when: amount in lists.mules, action: deny}
+          - {id: L-2, when: payee in lists.mules and payee_in_mules, action: deny}
+        """)
+    errs = errors_of(d, {"user_id": "string", "amount": "amount", "payee": "string",
+                         "payee_in_mules": "boolean"})
+    a = str(d / "a.yaml")
+    assert any(e.startswith(f"{a}:3: list 'odd': a live list is declared {{store: redis}}") for e in errs)
+    assert any(e.startswith(f"{a}:5: counter c_1h: where reads live list 'mules'") for e in errs)
+    assert f"{a}:7: 'amount' is declared as a number but a live list needs a string" in errs
+    assert any(e.startswith(f"{a}:8: 'payee in lists.mules' is read as the attribute 'payee_in_mules', "
+                            "which is already an attribute or counter") for e in errs)
+    assert len(errs) == 4, errs

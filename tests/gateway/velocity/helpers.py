@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from rules import CounterSpec
+from rules.expressions import parse_when
 
 
-def spec(name, key, aggregate, field=None, window_s=None, reset_on=None, on="attempt"):
-    return CounterSpec(name, tuple(key), aggregate, field, window_s, reset_on, on)
+def spec(name, key, aggregate, field=None, window_s=None, reset_on=None, on="attempt",
+         where=None):
+    return CounterSpec(name, tuple(key), aggregate, field, window_s, reset_on, on,
+                       where=where, where_expr=None if where is None else parse_when(where, {}))
 
 
 # A request as production runs it: one ``observe_once`` (no claims here), then what

@@ -255,3 +255,54 @@ def test_client_scoped_counters_keep_one_value_per_calling_client(state_backends
     # Same entity hash tag as the global counter: one slot, one script call.
     tag, key = CounterPlan.of(scoped).tag_and_key({"device_id": "d", "client_id": "A"})
     assert tag == "{device_id=d}" and key.endswith(":client_id=A")
+
+
+def test_a_filtered_counter_counts_only_what_its_where_holds_for(state_backends):
+    where = 'amount >= 100 and route in ["payments", "transfers"]'
+    counters = [spec("large_tx", ["user_id"], "count", window_s=60, where=where),
+                spec("large_sum", ["user_id"], "sum", field="amount", window_s=60, where=where,
+                     on="allow"),
+                spec("large_payee", ["user_id", "payee"], "first_seen", on="allow", where=where),
+                spec("all_tx", ["user_id"], "count", window_s=60)]
+    big, small = {**PAY, "route": "payments", "amount": 150}, {**PAY, "route": "payments", "amount": 99}
+
+    async def scenario(b):
+        v = Velocity(counters, b)
+        # Every transaction reads the filtered counters; only matching ones add to them.
+        assert await forwarded(v, small, "e1") == {"large_tx": 0, "large_sum": 0, "all_tx": 1}
+        assert await forwarded(v, big, "e2") == {"large_tx": 1, "large_sum": 0, "all_tx": 2}
+        assert await forwarded(v, {**big, "route": "loans"}, "e3") == {
+            "large_tx": 1, "large_sum": 150, "large_payee_age_s": 0, "all_tx": 3}
+        assert await forwarded(v, {**PAY, "route": "payments"}, "e4") == {
+            "large_tx": 1, "large_sum": 150, "large_payee_age_s": 0, "all_tx": 4}
+        assert await refused(v, big, "e5") == {
+            "large_tx": 2, "large_sum": 150, "large_payee_age_s": 0, "all_tx": 5}
+        # A small payment to a new payee leaves the filtered first_seen unseen.
+        other = {**small, "payee": "FR76Y"}
+        assert "large_payee_age_s" not in await forwarded(v, other, "e6")
+        assert "large_payee_age_s" not in await forwarded(v, other, "e7")
+    state_backends.run(scenario)
+
+
+def test_a_challengers_own_counters_are_kept_apart_from_the_champions(state_backends):
+    champion = [spec("user_tx", ["user_id"], "count", window_s=60),
+                spec("user_sum", ["user_id"], "sum", field="amount", window_s=60, on="allow")]
+    # user_tx: the same counter (kept once); user_sum: the same name counting attempts (its
+    # own keys); user_new: the challenger's alone.
+    challenger = [spec("user_tx", ["user_id"], "count", window_s=60),
+                  spec("user_sum", ["user_id"], "sum", field="amount", window_s=60),
+                  spec("user_new", ["user_id"], "count", window_s=60, where="amount >= 10")]
+
+    async def scenario(b):
+        v = Velocity(champion, b, challenger_counters=challenger)
+        first = await v.observe_once({**PAY, "amount": 10}, "e1", ())
+        assert first.features == {"user_tx": 1, "user_sum": 0}
+        assert first.challenger == {"user_sum": 10, "user_new": 1}
+        await v.withdraw(first)                    # refused: the champion's on-allow undone
+        second = await v.observe_once({**PAY, "amount": 5}, "e2", ())
+        assert second.features == {"user_tx": 2, "user_sum": 0}
+        assert second.challenger == {"user_sum": 15, "user_new": 1}
+        # The champion alone: its own counters only (the second payment stood: 5).
+        alone = await Velocity(champion, b).observe_once({**PAY, "amount": 1}, "e3", ())
+        assert alone.features == {"user_tx": 3, "user_sum": 5} and not alone.challenger
+    state_backends.run(scenario)
