@@ -198,6 +198,8 @@ def test_the_shipped_pack_forwards_a_payment_in_one_evalsha(start_gateway, redis
         pay_usual(i).status_code for i in range(10)))
     assert statuses == [200] * 10
     assert seen == {"evalsha": 10}
+
+
 def test_live_list_membership_rides_the_same_single_trip(gw, redis_server):
     added = gw.admin_post("/admin/lists/mule_payees", {"values": ["DE02m1", "DE02m3"]})
     assert added.status_code == 200
