@@ -89,7 +89,9 @@ def routes(store: CredentialStore, totp: Totp | None = None,
         client_id, public_key = data.get("id"), data.get("public_key")
         if not isinstance(client_id, str):
             raise CredentialError("id: expected a string")
-        if (data.get("hmac") is True) == (public_key is not None):
+        # A key present as null is a bad key, not "no key" (as key_id below): with "hmac": true
+        # it would otherwise pass as the one choice given.
+        if (data.get("hmac") is True) == ("public_key" in data):
             raise CredentialError('give exactly one of "hmac": true or "public_key"')
         if data.get("hmac") is True:
             secret = await store.add_hmac_client(client_id)
@@ -105,9 +107,9 @@ def routes(store: CredentialStore, totp: Totp | None = None,
         data = await _json_object(request)
         public_key, key_id = data.get("public_key"), data.get("key_id")
         expires_in_s = data.get("expires_in_s")
-        if (data.get("hmac") is True) == (public_key is not None):
+        if (data.get("hmac") is True) == ("public_key" in data):
             raise CredentialError('give exactly one of "hmac": true or "public_key"')
-        if public_key is not None and not isinstance(public_key, str):
+        if "public_key" in data and not isinstance(public_key, str):
             raise CredentialError("public_key: expected a PEM string")
         if "key_id" in data and not isinstance(key_id, str):   # null is not "no key id"
             raise CredentialError("key_id: expected a string")

@@ -102,6 +102,11 @@ def test_errors_are_json_with_codes(store):
             (client.post("/admin/clients", json={"id": "x"}, headers=AUTH), 400),
             (client.post("/admin/clients", json={"id": "x", "hmac": True,
                                                  "public_key": _pem()}, headers=AUTH), 400),
+            # A key given as null is not "no key": found by the admin API fuzz test.
+            (client.post("/admin/clients", json={"id": "x", "hmac": True, "public_key": None},
+                         headers=AUTH), 400),
+            (client.post("/admin/clients/x/keys", json={"hmac": True, "public_key": None},
+                         headers=AUTH), 400),
             (client.post("/admin/devices/alice", json={"public_key": "junk"}, headers=AUTH),
              400),
             (client.delete("/admin/credentials/client/nobody", headers=AUTH), 404),
