@@ -71,8 +71,9 @@ def test_a_member_added_on_gateway_a_is_enforced_by_gateway_b_on_its_next_reques
         store, request, start_gateway, upstream, tmp_path):
     target = request.getfixturevalue(store)
     # Generous: a loaded 2-core machine; the first script load on a cluster node takes a while.
+    # The test cluster has no replicas to wait for (wait_replicas defaults to 1 on a cluster).
     state = {"backend": "redis", "url": target.url, "cluster": store == "redis_cluster",
-             "timeout_ms": 2000}
+             "timeout_ms": 2000, "wait_replicas": 0}
     a = start_gateway(_config(tmp_path, upstream, state))
     b = start_gateway({**_config(tmp_path, upstream, state),
                        "decision_log": {"path": str(tmp_path / "b.jsonl")}})
