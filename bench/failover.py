@@ -471,7 +471,7 @@ class Run:
             _, probe = self._pay(client, 0, user, 1)
             if _status(probe) != 200:
                 raise RuntimeError(f"probe answered {_status(probe)}")
-            features = _features(self.gateways[0], probe.headers["Txgate-Request-Id"])
+            features = self.gateways[0].features_of(probe.headers["Txgate-Request-Id"])
             # Two counters per payment. The probe counts itself in the attempts; an on-allow
             # sum leaves its own amount out. Lost and extra are in payments: the sum's
             # difference divided by the payer's typical amount would be a guess, so the sum
@@ -501,19 +501,6 @@ def _error(response) -> str:
         return response.json().get("error", "")
     except ValueError:
         return ""
-
-
-def _features(gateway: Gateway, request_id: str) -> dict:
-    found: dict = {}
-
-    def logged() -> bool:
-        for entry in gateway.decisions():
-            if entry["request_id"] == request_id:
-                found.update(entry["features"])
-                return True
-        return False
-    wait_until(logged, timeout=10, what="the probe's decision")
-    return found
 
 
 def run(kind: str, before_s: float = 4.0, after_s: float = 4.0,

@@ -76,14 +76,6 @@ class DirectLane:
             replicas.check(acknowledged)
         return answer
 
-    async def evalsha(self, sha: str, numkeys: int, *keys_and_args,
-                      replicas: Replicas | None = None) -> object:
-        return await self.execute("EVALSHA", sha, numkeys, *keys_and_args, replicas=replicas)
-
-    async def eval(self, script: str, numkeys: int, *keys_and_args,
-                   replicas: Replicas | None = None) -> object:
-        return await self.execute("EVAL", script, numkeys, *keys_and_args, replicas=replicas)
-
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:

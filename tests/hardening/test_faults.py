@@ -42,24 +42,11 @@ def _client(gw) -> SignedClient:
     return SignedClient("app", secret)
 
 
-def _features(gw, request_id: str) -> dict:
-    found = {}
-
-    def logged():
-        for entry in gw.decisions():
-            if entry["request_id"] == request_id:
-                found.update(entry["features"])
-                return True
-        return False
-    wait_until(logged, timeout=10, what="a decision log entry")
-    return found
-
-
 def _probe(gw, client, user) -> dict:
     r = client.request("POST", f"{gw.url}/pay", json={"user_id": user, "amount": 1,
                                                       "currency": "EUR", "ref": "probe"})
     assert r.status_code == 200, r.text
-    return _features(gw, r.headers["Txgate-Request-Id"])
+    return gw.features_of(r.headers["Txgate-Request-Id"])
 
 
 def _traffic(gw, secret_client, stop: threading.Event, answers: list, worker: int):

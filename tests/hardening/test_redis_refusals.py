@@ -12,7 +12,6 @@ import re
 import pytest
 
 from state import StateError, create_backend
-from tests.fixtures.processes import wait_until
 from tests.fixtures.signing import SignedClient
 from tests.hardening.conftest import RULES, pay_route
 
@@ -21,19 +20,6 @@ def _errors(gw) -> float:
     found = re.search(r'^txgate_state_errors_total\{operation="velocity"\} (\S+)$', gw.metrics(),
                       re.M)
     return float(found.group(1)) if found else 0.0
-
-
-def _features(gw, request_id: str) -> dict:
-    found = {}
-
-    def logged():
-        for entry in gw.decisions():
-            if entry["request_id"] == request_id:
-                found.update(entry["features"])
-                return True
-        return False
-    wait_until(logged, timeout=10, what="the decision")
-    return found
 
 
 def test_maxmemory_with_noeviction_is_a_503_and_loses_nothing_acknowledged(
@@ -67,7 +53,7 @@ def test_maxmemory_with_noeviction_is_a_503_and_loses_nothing_acknowledged(
         redis_server.cli("CONFIG", "SET", "maxmemory", "0")
     _, after = pay(50)
     assert after.status_code == 200
-    features = _features(gw, after.headers["Txgate-Request-Id"])
+    features = gw.features_of(after.headers["Txgate-Request-Id"])
     # Exactly the accepted payments: the refused one wrote nothing, nothing was lost.
     assert features["user_tx_1h"] == 4 and features["user_amount_1h"] == 60
     assert [client.send(p).status_code for p, _ in accepted] == [401, 401, 401]
