@@ -57,6 +57,7 @@ system-deps:
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v oathtool >/dev/null || missing="$$missing oathtool"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

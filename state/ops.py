@@ -70,8 +70,7 @@ class Batch:
     @property
     def tag(self) -> str:
         """The hash tag every key of the batch carries (its Redis Cluster slot)."""
-        key = self.marker if self.marker is not None else self.ops[0].key
-        return key[key.index("{"):key.index("}") + 1]
+        return tag_of(self.marker if self.marker is not None else self.ops[0].key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +85,11 @@ class Trip:
     now_ms: int
     applied: tuple[bool, ...]
     results: tuple[tuple[int, ...], ...]
+
+
+def tag_of(key: str) -> str:
+    """The hash tag of a key (``{...}``, its Redis Cluster slot)."""
+    return key[key.index("{"):key.index("}") + 1]
 
 
 def undo_of(op: Op, at_ms: int) -> Op | None:

@@ -14,7 +14,7 @@ from gateway.velocity.counters import PREFIX, CounterPlan, encode, member_digest
 from state.base import StateError
 from state.lists import member_op
 from state.ops import (FIRST_SEEN, NUMBER, PROVISIONAL, PROVISIONAL_FIRST, Batch, Op, Trip,
-                       confirm_of, undo_of)
+                       confirm_of, tag_of, undo_of)
 from state.window import EVENT_TTL_S
 
 
@@ -210,7 +210,7 @@ class Velocity:
             self._idle_flush = None
         by_tag: dict[str, list[Op]] = {}
         for op in ops:
-            by_tag.setdefault(op.key[op.key.index("{"):op.key.index("}") + 1], []).append(op)
+            by_tag.setdefault(tag_of(op.key), []).append(op)
         return [Batch(None, 0, tuple(group)) for group in by_tag.values()]
 
     def _flush_idle(self) -> None:
