@@ -2,14 +2,18 @@
 
     python -m bench.replay_speed [RECORDS] [--recompute]
 
-Generates a decision log of RECORDS (default 1,000,000) records shaped as the gateway writes
-them for the shipped pack (its features: counters, transaction fields, built-ins), 5 % of them
-step-ups answered by a repeat record of the same event, then times `rules.commands.replay`
-on it under the shipped pack and prints records per second, wall and CPU (the process and its
-workers). The baseline, in the same run: reading the log and parsing every line with orjson in
-one process, the least any replay must do. The log is made once per size (kept in the system's
-temporary directory, TMPDIR: about 900 bytes a record). The load average is printed before and
-after: the machine is shared, and wall times are only comparable at a similar load.
+Generates a decision log of RECORDS (default 1,000,000) records as a gateway running the
+shipped pack would have written it over two months of traffic: the customers, habits and
+attacks of ``bench.pack_eval.Traffic`` (rent, everyday payments to usual payees on one or two
+devices, now and then a new payee; account takeover, card testing, mule fan-in, low-value
+splitting, currency switching), the counter values and decisions of the pack, and a step-up
+answered by a repeat record of the same event when a genuine customer was challenged. Then
+times `rules.commands.replay` on it under the shipped pack and prints records per second,
+wall and CPU (the process and its workers), and the decision mix. The baseline, in the same
+run: reading the log and parsing every line with orjson in one process, the least any replay
+must do. The log is made once per size (kept in the system's temporary directory, TMPDIR:
+about 700 bytes a record). The load average is printed before and after: wall times are only
+comparable at a similar load.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
@@ -28,53 +34,72 @@ from rules.commands import replay
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK = ROOT / "rules" / "default"
-ROUTES = ("payments", "payments", "payments", "transfers", "loans", "wealth")
-COUNTRIES = ("DE", "DE", "FR", "NL", "ES", "IT", "US", "NG")
+START = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+EVENTS_PER_USER = 53   # what Traffic makes a customer pay in its two months, on average
 
 
-def generate(path: Path, records: int, seed: int = 12) -> None:
-    """Write ``records`` decision-log lines to ``path``, one second apart per 100 records."""
+def generate(path: Path, records: int, seed: int = 12) -> Counter:
+    """Write ``records`` decision-log lines to ``path``; returns the logged decision mix."""
+    import functools
+
+    from auth.tiers import tier_rank
+    from bench.pack_eval import RATES, Traffic
+    from gateway.backtest import RecomputedCounters
+    from gateway.config import UPSTREAM_TIMEOUT_S
+    from gateway.velocity import settle_window_s
+    from rules import load_rules
+
+    traffic = Traffic(max(1, records // EVENTS_PER_USER), seed)
     rnd = random.Random(seed)
-    start = 1_790_000_000.0
-    with open(path, "wb") as fh:
-        n = 0
-        while n < records:
-            ts = start + n / 100
-            user = f"u{rnd.randrange(100_000)}"
-            amount = round(rnd.lognormvariate(4, 1.2), 2)
-            features = {
-                "route": rnd.choice(ROUTES), "method": "POST", "tier": "client",
-                "hour": int(ts // 3600) % 24, "client_id": "shop", "ip": f"10.0.{rnd.randrange(256)}.{rnd.randrange(256)}",
-                "user_id": user, "amount": amount, "currency": "EUR", "payee": f"P{rnd.randrange(50)}",
-                "country": rnd.choice(COUNTRIES), "device_id": f"d{rnd.randrange(200_000)}",
-                "channel": rnd.choice(("web", "app")),
-                "user_tx_10m": rnd.randrange(1, 4), "user_tx_1h": rnd.randrange(1, 6),
-                "user_tx_24h": rnd.randrange(1, 12), "user_tx_30d": rnd.randrange(0, 60),
-                "user_amount_24h": round(rnd.random() * 800, 2), "user_amount_30d": round(rnd.random() * 5000, 2),
-                "user_payees_24h": rnd.randrange(1, 4), "user_devices_7d": rnd.randrange(1, 3),
-                "user_countries_24h": 1, "device_users_24h": 1, "ip_users_1h": rnd.randrange(1, 3),
-                "user_payee_age_s": rnd.choice((0, 3_456_000)), "user_device_age_s": 3_456_000,
-                "user_age_s": 3_456_000, "user_lowvalue_sum": round(rnd.random() * 80, 2),
-                "user_lowvalue_count": rnd.randrange(0, 5),
-            }
-            step_up = rnd.random() < 0.05
+    ips: dict[str, str] = {}
+    mix: Counter = Counter()
+    rs = load_rules(PACK)
+    # The counters the gateway would have logged: the replay's own (tests show they count as
+    # the gateway's Velocity does).
+    counters = functools.partial(RecomputedCounters, settle_s=settle_window_s(UPSTREAM_TIMEOUT_S))(rs, 300)
+    written = 0
+    with rs, open(path, "wb") as fh:
+        for n, (at, kind, tx, passed) in enumerate(traffic.events):
+            if written >= records:
+                break
+            ts = START + at + rnd.random()
+            user = tx["user_id"]
+            ip = ips.setdefault(user, f"10.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}")
+            if kind != "genuine":
+                ip = f"198.51.100.{rnd.randrange(256)}"
+            amount_base = round(tx["amount"] * RATES.get(tx.get("currency", "EUR"), 1.0), 2)
+            features = {"route": "payments", "method": "POST", "tier": "client",
+                        "hour": int(ts // 3600) % 24, "weekday": int(ts // 86400 + 3) % 7,
+                        "client_id": "shop", "ip": ip, "channel": "app", **tx,
+                        "amount_base": amount_base}
             event = f"e{n}"
-            base = {"ts": ts, "request_id": f"r{n}", "event_id": event, "route": features["route"],
-                    "client_id": "shop", "user_id": user, "tier": "client",
-                    "decision": "step_up" if step_up else "allow",
-                    "action": "require_otp" if step_up else "allow", "score": 0.0,
-                    "rules": [{"id": "ATO-001", "mode": "enforce", "action": "require_otp"}] if step_up else [],
-                    "features": features,
-                    "transaction": {k: features[k] for k in ("user_id", "amount", "currency", "payee", "country")},
-                    "latency_ms": 1.2, "rules_version": "bench", "status": 401 if step_up else 200}
-            fh.write(orjson.dumps(base, option=orjson.OPT_APPEND_NEWLINE))
-            n += 1
-            if step_up and n < records:
-                repeat = {**base, "ts": ts + 0.005, "request_id": f"r{n}", "tier": "otp",
-                          "decision": "allow", "action": "allow", "rules": [], "status": 200,
-                          "features": {**features, "tier": "otp"}}
-                fh.write(orjson.dumps(repeat, option=orjson.OPT_APPEND_NEWLINE))
-                n += 1
+            record = {"ts": ts, "request_id": f"r{written}", "event_id": event, "route": "payments",
+                      "client_id": "shop", "user_id": user, "tier": "client", "features": features,
+                      "transaction": tx, "latency_ms": 1.2, "rules_version": "bench"}
+            answer = None
+            for tier in ("client", "answer"):
+                if tier == "answer":
+                    if answer is None or written >= records:
+                        break
+                    record = {**record, "ts": ts + 2.0, "request_id": f"r{written}", "tier": answer,
+                              "features": {**record["features"], "tier": answer}}
+                record["features"] = counters.features(record)
+                decision = rs.decide(record["features"], "payments")
+                wanted = decision.required_tier
+                stepped = wanted is not None and tier_rank(wanted) > tier_rank(record["tier"])
+                outcome = ("deny" if decision.action == "deny" else "step_up" if stepped
+                           else decision.action if decision.action == "review" else "allow")
+                record.update(decision=outcome, action=decision.action, score=decision.score,
+                              set_by=decision.set_by, status={"allow": 200, "review": 200,
+                                                              "deny": 403}.get(outcome, 401),
+                              rules=[{"id": h.rule, "mode": "enforce", "action": h.action}
+                                     for h in decision.hits])
+                counters.settle(record, decision)
+                fh.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+                written += 1
+                mix[outcome] += 1
+                answer = wanted if stepped and passed else None
+    return mix
 
 
 def _timed(run) -> tuple[object, float, float]:
@@ -86,9 +111,10 @@ def _timed(run) -> tuple[object, float, float]:
     return result, wall, cpu
 
 
-def _parse_all(log: Path) -> int:
+def _parse_all(log: Path) -> Counter:
+    """The logged decisions, by kind: parsing every line is the baseline."""
     with open(log, "rb") as fh:
-        return sum(1 for line in fh if orjson.loads(line))
+        return Counter(orjson.loads(line)["decision"] for line in fh)
 
 
 def main(argv: list[str]) -> int:
@@ -101,10 +127,18 @@ def main(argv: list[str]) -> int:
         partial.rename(log)
     hook = None
     if recompute:
+        import functools
+
         from gateway.backtest import RecomputedCounters
-        hook = RecomputedCounters
+        from gateway.config import UPSTREAM_TIMEOUT_S
+        from gateway.velocity import settle_window_s
+        # As `txgate rules replay --recompute` builds it, with the default upstream timeout.
+        hook = functools.partial(RecomputedCounters,
+                                 settle_s=settle_window_s(UPSTREAM_TIMEOUT_S))
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    parsed, parse_wall, parse_cpu = _timed(lambda: _parse_all(log))
+    mix, parse_wall, parse_cpu = _timed(lambda: _parse_all(log))
+    parsed = sum(mix.values())
+    print("logged decisions: " + ", ".join(f"{kind} {n / parsed:.2%}" for kind, n in mix.most_common()))
     out, err = io.StringIO(), io.StringIO()
     code, wall, cpu = _timed(lambda: replay(log, PACK, out=out, err=err, recompute=hook))
     if code != 0:

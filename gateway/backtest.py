@@ -1,59 +1,365 @@
 """`rules replay --recompute`: the candidate's counters, recomputed over a decision log.
 
-Records go through the gateway's own Velocity on a MemoryBackend whose clock is the record's
-timestamp: a step-up repeat reads its transaction's counts without counting again (same event
-id), and what became of each request under the candidate settles the counters as
-gateway.record.Recorder.settle does (provisional ``on: allow`` counts withdrawn when the
-candidate would not forward it; distinct/first_seen ``on: allow`` recorded, ``reset_on:
+Each record is counted at its timestamp as the gateway's ``Velocity`` counts a request on a
+memory backend (the velocity script's semantics: ``state/velocity_script.py``, whose Python
+twin is ``state/memory.py``): a step-up repeat reads its transaction's counts without counting
+again (same event id), and what became of each request under the candidate settles the
+counters as ``gateway.record.Recorder.settle`` does (provisional ``on: allow`` counts withdrawn
+when the candidate would not forward it; distinct ``on: allow`` recorded, ``reset_on:
 strong_auth`` restarted when it would). What cannot be known from the log: history before its
 first record (the warm-up) and the upstream's answer to a request the gateway did not forward
 (taken as a success).
+
+Why not run ``Velocity`` itself, as the scenario runner does: a replay counts millions of
+records in one process, in time order, and settles each before the next. Velocity's
+generality (keys built as strings, operations described for a script, markers and expiry as
+stored keys, confirmations deferred to a later call) cost ~190 µs a record, four times the
+whole budget (docs/performance.md). Here every counter keeps its values in a dict by key
+tuple, a record's operations run directly, and a settled record needs nothing deferred.
+``tests/gateway/test_backtest_counters.py`` drives this and ``Velocity`` on a
+``MemoryBackend`` with the same random traffic and requires the same features at every record.
 """
 
 from __future__ import annotations
 
+import math
+
 from auth.tiers import tier_rank
-from gateway.velocity import Velocity
+from gateway.velocity.counters import CounterPlan, member_digest
 from rules.ruleset import RuleSet
-from state.memory import MemoryBackend, run_sync
+from state.memory import Members
+from state.ops import ABSENT, DISTINCT, FIRST_SEEN, NUMBER
+from state.window import DISTINCT_CAP, NUMBER_CAP, SUM_SCALE, bucket_count, scaled_amount
+
+# How many markers may be set between two purges of the expired ones (memory, not semantics:
+# an expired marker reads as absent either way).
+_PURGE_EVERY = 200_000
 
 
-class _Clock:
-    def __init__(self):
-        self.now = 0.0
+class _Counter:
+    """One candidate counter's values, by key: the first key value, or a tuple of all of them,
+    as strings (as the store's key text tells values apart)."""
 
-    def __call__(self) -> float:
-        return self.now
+    __slots__ = ("spec", "feature", "rest", "where", "field", "values", "ttl_s")
+
+    def __init__(self, plan: CounterPlan):
+        self.spec = plan.spec
+        self.feature = plan.spec.feature
+        self.rest = tuple(name for name, _ in plan.rest)
+        self.where = plan.spec.where_expr is not None
+        self.field = plan.spec.field
+        self.values: dict = {}
+        self.ttl_s = plan.ttl_ms / 1000
+
+    def key(self, first: str, attrs: dict):
+        """The key for these attributes, or None when a key attribute is absent."""
+        if not self.rest:
+            return first
+        parts = [first]
+        for name in self.rest:
+            value = attrs.get(name)
+            if value is None:
+                return None
+            parts.append(value if type(value) is str else str(value))
+        return tuple(parts)
+
+    def counts(self, attrs: dict) -> bool:
+        return not self.where or self.spec.counts(attrs)
+
+    def reset(self, key) -> None:
+        self.values.pop(key, None)
+
+
+class _Number(_Counter):
+    """count/sum: over a sliding window, bucket index -> total; since the last reset, [total,
+    expiry s]. A key the store would have expired holds only buckets a read prunes (its TTL is
+    the window and a bucket past its last write), so windows need no expiry of their own."""
+
+    __slots__ = ("width", "span", "is_sum")
+
+    def __init__(self, plan: CounterPlan):
+        super().__init__(plan)
+        self.width = plan.bucket_ms
+        self.span = bucket_count(plan.window_ms, plan.bucket_ms) if plan.window_ms else 0
+        self.is_sum = plan.is_sum
+
+    def observe(self, key, attrs: dict, update: bool, now: int, now_s: float, rc,
+                undo: list | None = None):
+        """The feature value, the total before this update when ``undo`` (a provisional
+        update, recorded there to be taken back)."""
+        inc = rc.amount(self.field, attrs) if self.is_sum else 1
+        update = update and inc != 0
+        if self.span:
+            total, added = self._window(key, inc, update, now)
+        else:
+            total, added = self._running(key, inc, update, now_s)
+        if undo is not None:
+            total -= added
+            if update:
+                undo.append((self, key, inc))
+        if total > NUMBER_CAP:
+            total = NUMBER_CAP
+        return total / SUM_SCALE if self.is_sum else total
+
+    def _window(self, key, inc: int, update: bool, now: int) -> tuple[int, int]:
+        """(window total, the part of ``inc`` kept below NUMBER_CAP). A key's value is
+        [the sum of its buckets, its lowest bucket index, bucket index -> total]: a read adds
+        nothing up, and visits the buckets only when the window has left the lowest behind."""
+        entry = self.values.get(key)
+        cur = now // self.width
+        added = 0
+        if update:
+            if entry is None:
+                entry = self.values[key] = [0, cur, {}]
+            buckets = entry[2]
+            before = buckets.get(cur, 0)
+            result = before + inc
+            kept = result if result < NUMBER_CAP else NUMBER_CAP
+            buckets[cur] = kept
+            entry[0] += kept - before
+            if cur < entry[1]:
+                entry[1] = cur
+            added = inc - max(0, result - NUMBER_CAP)
+        elif entry is None:
+            return 0, 0
+        oldest = cur - self.span + 1
+        if entry[1] < oldest:
+            buckets = entry[2]
+            for index in [i for i in buckets if i < oldest]:
+                entry[0] -= buckets.pop(index)
+            entry[1] = min(buckets, default=oldest)
+        return entry[0], added
+
+    def _running(self, key, inc: int, update: bool, now_s: float) -> tuple[int, int]:
+        entry = self._live(key, now_s)
+        total = entry[0] if entry is not None else 0
+        added = 0
+        if update:
+            result = total + inc
+            total = min(NUMBER_CAP, result)
+            added = inc - max(0, result - NUMBER_CAP)
+            self.values[key] = [total, now_s + self.ttl_s]
+        return total, added
+
+    def _live(self, key, now_s: float):
+        entry = self.values.get(key)
+        if entry is not None and entry[1] <= now_s:
+            del self.values[key]
+            return None
+        return entry
+
+    def undo(self, key, inc: int, at: int, now_s: float) -> None:
+        """Take back a provisional increment: the bucket of its time, or the running total.
+        A number that saturated kept less than it is asked to give back: withdrawing a
+        positive increment stops at zero (as in the script)."""
+        floor = 0 if inc > 0 else -NUMBER_CAP
+        if self.span:
+            entry = self.values.get(key)
+            index = at // self.width
+            if entry is not None and index in entry[2]:
+                buckets = entry[2]
+                value = max(floor, buckets[index] - inc)
+                entry[0] += value - buckets[index]
+                buckets[index] = value
+        else:
+            entry = self._live(key, now_s)
+            if entry is not None:
+                entry[0] = max(floor, entry[0] - inc)
+
+
+class _Distinct(_Counter):
+    """distinct members: [Members, expiry s]."""
+
+    __slots__ = ("window_ms",)
+
+    def __init__(self, plan: CounterPlan):
+        super().__init__(plan)
+        self.window_ms = plan.window_ms
+
+    def observe(self, key, attrs: dict, update: bool, now: int, now_s: float, rc,
+                undo: list | None = None) -> int:
+        entry = self.values.get(key)
+        if entry is not None and entry[1] <= now_s:
+            del self.values[key]
+            entry = None
+        member = attrs.get(self.field) if update else None
+        if member is None:
+            if entry is None:
+                return 0
+            members = entry[0]
+            if self.window_ms > 0:
+                members.drop_oldest(seen_until=now - self.window_ms)
+            return len(members)
+        members = entry[0] if entry is not None else Members()
+        if self.window_ms > 0:
+            members.drop_oldest(seen_until=now - self.window_ms)
+        members.add(rc.digest(member), now)
+        if len(members) > DISTINCT_CAP:
+            members.drop_oldest(keep=DISTINCT_CAP)
+        self.values[key] = [members, now_s + self.ttl_s]
+        return len(members)
+
+
+class _FirstSeen(_Counter):
+    """first_seen: [mark, expiry s]; a mark is its ms, or (ms, event) while provisional."""
+
+    __slots__ = ()
+
+    def observe(self, key, attrs: dict, update: bool, now: int, now_s: float, rc,
+                undo: list | None = None):
+        """The age in s, None when never seen. With ``undo`` (an ``on: allow`` counter) the
+        mark is provisional, the event's, until ``settle`` and reads as absent till then."""
+        values = self.values
+        entry = values.get(key)
+        if entry is not None and entry[1] <= now_s:
+            del values[key]
+            entry = None
+        mark = entry[0] if entry is not None else None
+        if update:
+            if mark is None:
+                mark = (now, rc.event) if undo is not None else now
+            values[key] = [mark, now_s + self.ttl_s]
+            if undo is not None:
+                undo.append((self, key, (now, rc.event)))
+        if mark is None:
+            return None
+        if type(mark) is int:
+            return (now - mark) // 1000
+        return (now - mark[0]) // 1000 if now - mark[0] >= rc.settle_ms else None
+
+    def settle(self, key, mark: tuple, forwarded: bool, now_s: float) -> None:
+        """Make this request's own provisional mark final, or take it back."""
+        entry = self.values.get(key)
+        if entry is None or entry[1] <= now_s or entry[0] != mark:
+            return   # another request's mark, or gone
+        if forwarded:
+            entry[0] = mark[0]
+        else:
+            del self.values[key]
+
+
+def _counter(plan: CounterPlan) -> _Counter:
+    if plan.kind == NUMBER:
+        return _Number(plan)
+    if plan.kind == DISTINCT:
+        return _Distinct(plan)
+    if plan.kind == FIRST_SEEN:
+        return _FirstSeen(plan)
+    raise ValueError(f"counter {plan.spec.name}: unknown kind {plan.kind!r}")
 
 
 class RecomputedCounters:
-    """The hook `rules.replay.replay_lines` calls per record, in time order."""
+    """The hook `rules.replay.replay_lines` calls per record, in time order: ``features``
+    then ``settle``."""
 
     def __init__(self, rs: RuleSet, challenge_ttl_s: int, *, settle_s: float):
-        self._clock = _Clock()
+        counters = [_counter(CounterPlan.of(spec)) for spec in rs.counters]
         # Events live as long as in the gateway (gateway.services): challenge_ttl_s + 60.
-        self.velocity = Velocity(rs.counters, MemoryBackend(clock=self._clock),
-                                 settle_s=settle_s,
-                                 event_ttl_s=challenge_ttl_s + 60)
-        self._features = frozenset(c.feature for c in rs.counters)
-        self._observation = None
+        self._event_ttl_s = float(challenge_ttl_s + 60)
+        self.settle_ms = int(settle_s * 1000)
+        # By first key attribute, as Velocity groups them (one marker per entity and event):
+        # (name, read and counted outright (on: attempt; on: allow distinct only read),
+        # applied provisionally (on: allow count/sum/first_seen), applied after forwarding
+        # (on: allow distinct)).
+        groups: dict[str, tuple[list, list, list]] = {}
+        for c in counters:
+            spec = c.spec
+            outright, provisional, late = groups.setdefault(spec.key[0], ([], [], []))
+            if spec.on == "allow" and type(c) is not _Distinct:
+                provisional.append(c)
+            else:
+                outright.append((c, spec.on == "attempt"))
+                if spec.on == "allow":
+                    late.append(c)
+        self._groups = [(name, *lists) for name, lists in groups.items()]
+        self._resets = [c for c in counters if c.spec.reset_on == "strong_auth"]
+        self._features = frozenset(c.feature for c in counters)
+        self._markers: dict[tuple, float] = {}
+        self._marked = 0
+        self._digests: dict[str, str] = {}   # distinct member -> its digest: values recur
+        self._amounts: dict[str, int] = {}   # this record's scaled amounts, by field
         self._attrs: dict = {}
+        self._now = (0, 0.0)
+        self.event = ""
+        # This record's provisional updates: (marker, [(counter, key, increment or mark)]).
+        self._pending: list = []
         self.differences: dict[str, int] = {}   # counter feature -> records where it differs
+
+    def amount(self, field: str, attrs: dict) -> int:
+        """The field's amount in units of 1/SUM_SCALE (0 when not a number), once a record."""
+        scaled = self._amounts.get(field)
+        if scaled is None:
+            scaled = self._amounts[field] = scaled_amount(attrs.get(field)) or 0
+        return scaled
+
+    def digest(self, member) -> str:
+        text = member if type(member) is str else str(member)
+        digest = self._digests.get(text)
+        if digest is None:
+            digest = self._digests[text] = member_digest(text)
+        return digest
+
+    def _mark(self, marker: tuple, now_s: float) -> bool:
+        """Set ``marker`` unless it is live: True when this event updates under it."""
+        deadline = self._markers.get(marker)
+        if deadline is not None and deadline > now_s:
+            return False
+        self._markers[marker] = now_s + self._event_ttl_s
+        self._marked += 1
+        if self._marked >= _PURGE_EVERY:
+            self._marked = 0
+            self._markers = {m: d for m, d in self._markers.items() if d > now_s}
+        return True
 
     def features(self, record: dict) -> dict:
         """The record's features with the candidate's counters recomputed at its time."""
         ts = record.get("ts")
         if isinstance(ts, (int, float)):
-            self._clock.now = float(ts)
+            self._now = (math.floor(float(ts) * 1000), float(ts))
+        now, now_s = self._now
         logged = record["features"]
-        attrs = {k: v for k, v in logged.items() if k not in self._features}
-        event = record.get("event_id") or record.get("request_id") or ""
-        observation = run_sync(self.velocity.observe_once(attrs, str(event), ()))
-        attrs.update(observation.features)
-        for name in self._features:
+        counted = self._features
+        attrs = {k: v for k, v in logged.items() if k not in counted}
+        self.event = event = str(record.get("event_id") or record.get("request_id") or "")
+        self._amounts = {}
+        found = {}
+        pending = []
+        for name, outright, provisional, _ in self._groups:
+            value = attrs.get(name)
+            if value is None:
+                continue
+            first = value if type(value) is str else str(value)
+            apply = None   # the event's marker for this entity, set with its first counter
+            for c, on_attempt in outright:
+                key = c.key(first, attrs) if c.rest else first
+                if key is None:
+                    continue
+                if apply is None:
+                    apply = self._mark(("e", name, first, event), now_s)
+                found[c.feature] = c.observe(key, attrs, apply and on_attempt and c.counts(attrs),
+                                             now, now_s, self)
+            apply = None
+            for c in provisional:
+                key = c.key(first, attrs) if c.rest else first
+                if key is None:
+                    continue
+                if apply is None:
+                    marker = ("a", name, first, event)
+                    apply = self._mark(marker, now_s)
+                    undo = [] if apply else None
+                    if apply:
+                        pending.append((marker, undo))
+                if apply:
+                    found[c.feature] = c.observe(key, attrs, c.counts(attrs), now, now_s, self, undo)
+                else:   # the event already counted: a read, the total as it is
+                    found[c.feature] = c.observe(key, attrs, False, now, now_s, self, [])
+        for feature, result in found.items():
+            if result is not None:
+                attrs[feature] = result
+        for name in counted:
             if name in logged and logged[name] != attrs.get(name):
                 self.differences[name] = self.differences.get(name, 0) + 1
-        self._observation, self._attrs = observation, attrs
+        self._attrs, self._pending = attrs, pending
         return attrs
 
     def settle(self, record: dict, decision) -> None:
@@ -63,12 +369,34 @@ class RecomputedCounters:
         forwarded = decision.action != "deny" and (wanted is None or tier_rank(wanted) <= tier_rank(tier))
         status = record.get("status") if record.get("decision") in ("allow", "review") else None
         ok = forwarded and (not isinstance(status, int) or status < 400)
-        event = str(record.get("event_id") or record.get("request_id") or "")
+        now, now_s = self._now
+        for marker, updates in self._pending:
+            if not ok:
+                # The marker goes too, so that the step-up repeat of the event can count.
+                self._markers.pop(marker, None)
+            for c, key, value in updates:
+                if type(c) is _FirstSeen:
+                    c.settle(key, value, ok, now_s)
+                elif not ok:
+                    c.undo(key, value, now, now_s)
+        self._pending = []
         if not ok:
-            run_sync(self.velocity.withdraw(self._observation))
             return
-        self.velocity.confirm(self._observation)
-        if self.velocity.allow_after_forward:
-            run_sync(self.velocity.record_allowed(self._attrs, event))
+        attrs = self._attrs
+        for name, _, _, late in self._groups:
+            value = attrs.get(name)
+            if value is None or not late:
+                continue
+            first = value if type(value) is str else str(value)
+            keyed = [(c, key) for c in late
+                     if c.counts(attrs) and (key := c.key(first, attrs)) is not None]
+            if keyed and self._mark(("l", name, first, self.event), now_s):
+                for c, key in keyed:
+                    c.observe(key, attrs, True, now, now_s, self)
         if tier != "client":   # the tier was proven by answering a challenge
-            run_sync(self.velocity.strong_auth(self._attrs))
+            for c in self._resets:
+                value = attrs.get(c.spec.key[0])
+                if value is not None:
+                    key = c.key(value if type(value) is str else str(value), attrs)
+                    if key is not None:
+                        c.reset(key)

@@ -14,7 +14,7 @@ from rules.loader import RuleLoadError, case_files, load_rules, unchecked_attrib
 from rules.explain import explain as explain_request
 from rules.labels import parse_time, read_labels
 from rules.outcomes import outcomes
-from rules.replay import replay_file, unread_attributes
+from rules.replay import replay_file, unread_attributes, without_gc
 from rules.replay_output import as_json, print_text
 from rules.ruletests import read_cases, run_case
 from rules.scenarios import Scenario
@@ -135,6 +135,7 @@ def _run_one(case, rs, scenario_runner) -> list[str]:
     return scenario_runner.run(case, rs)
 
 
+@without_gc()   # until the report is freed: a collection would walk all of it
 def replay(log_path, rules_path, out=None, err=None, attribute_types: dict[str, str] | None = None,
            *, labels_path=None, skip_bad_labels: bool = False, mature_after_days: float | None = None,
            as_of: str | None = None, challenge_ttl_s: int = 300, changes: bool = False,

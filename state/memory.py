@@ -5,7 +5,7 @@ Python, run synchronously so that a call is atomic with respect to the event loo
 script is on Redis. Change the two together; the behaviour suite in tests/gateway/velocity runs
 against both and against a real cluster. Values live in the backend's own store: a dict
 bucket -> total for windowed numbers, the members and their last-seen ms for distinct (a sorted
-set's operations, ``_Members``), an int for running totals and first-seen times (a string
+set's operations, ``Members``), an int for running totals and first-seen times (a string
 ``"<ms>:<token>"`` for a provisional mark).
 """
 
@@ -205,7 +205,7 @@ def _op(backend: MemoryBackend, op: Op, update: bool, now: int) -> int:
         expires = int(entry.split(b" ", 1)[0]) if entry is not None else None
         return int(expires is not None and (expires == 0 or expires > now))
     if op.kind == DISTINCT:
-        members = current if isinstance(current, _Members) else _Members()
+        members = current if isinstance(current, Members) else Members()
         if op.window_ms > 0:
             members.drop_oldest(seen_until=now - op.window_ms)
         if update:
@@ -244,7 +244,7 @@ def _first_seen(mark: object, now: int, settle_ms: int) -> int | None:
         return None
     first = int(mark.split(":", 1)[0])
     return first if now - first >= settle_ms else None
-class _Members:
+class Members:
     """A distinct counter's members as a Redis sorted set holds them: the last-seen ms of each
     member, plus a heap of (seen, member) so that the oldest go in O(log n) as with
     ZREMRANGEBYSCORE / ZREMRANGEBYRANK, in the same order (by time, then by member). A

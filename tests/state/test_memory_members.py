@@ -5,7 +5,7 @@ any time order (clocks step back), repeats, window trims and the cap."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from state.memory import _Members
+from state.memory import Members
 
 steps = st.lists(st.one_of(
     st.tuples(st.just("add"), st.sampled_from("abcdefgh"), st.integers(0, 40)),
@@ -17,7 +17,7 @@ steps = st.lists(st.one_of(
 @settings(max_examples=400, deadline=None)
 @given(steps=steps)
 def test_members_behave_as_a_sorted_set(steps):
-    members, model = _Members(), {}
+    members, model = Members(), {}
     for kind, member, n in steps:
         if kind == "add":
             members.add(member, n)
@@ -37,7 +37,7 @@ def test_members_behave_as_a_sorted_set(steps):
 
 
 def test_a_member_seen_again_and_again_keeps_the_heap_small():
-    members = _Members()
+    members = Members()
     for t in range(10_000):
         members.add("same", t)
         members.add(f"m{t % 3}", t)
