@@ -46,7 +46,8 @@ class _Counter:
         self.spec = plan.spec
         self.feature = plan.spec.feature
         self.rest = tuple(name for name, _ in plan.rest)
-        self.where = plan.spec.where_expr is not None
+        # The counter's `where:`, None when it counts every transaction.
+        self.where = plan.spec.counts if plan.spec.where_expr is not None else None
         self.field = plan.spec.field
         self.values: dict = {}
         self.ttl_s = plan.ttl_ms / 1000
@@ -63,52 +64,33 @@ class _Counter:
             parts.append(value if type(value) is str else str(value))
         return tuple(parts)
 
-    def counts(self, attrs: dict) -> bool:
-        return not self.where or self.spec.counts(attrs)
-
     def reset(self, key) -> None:
         self.values.pop(key, None)
 
 
-class _Number(_Counter):
-    """count/sum: over a sliding window, bucket index -> total; since the last reset, [total,
-    expiry s]. A key the store would have expired holds only buckets a read prunes (its TTL is
-    the window and a bucket past its last write), so windows need no expiry of their own."""
+class _Window(_Counter):
+    """count/sum over a sliding window. A key's value is [the sum of its buckets, its lowest
+    bucket index, bucket index -> total]: a read adds nothing up, and visits the buckets only
+    once the window has left the lowest behind. A key the store would have expired holds only
+    buckets a read prunes (its TTL is the window and a bucket past its last write)."""
 
     __slots__ = ("width", "span", "is_sum")
 
     def __init__(self, plan: CounterPlan):
         super().__init__(plan)
         self.width = plan.bucket_ms
-        self.span = bucket_count(plan.window_ms, plan.bucket_ms) if plan.window_ms else 0
+        self.span = bucket_count(plan.window_ms, plan.bucket_ms)
         self.is_sum = plan.is_sum
 
     def observe(self, key, attrs: dict, update: bool, now: int, now_s: float, rc,
                 undo: list | None = None):
-        """The feature value, the total before this update when ``undo`` (a provisional
-        update, recorded there to be taken back)."""
+        """The feature value; with ``undo`` (a provisional update, recorded there to be taken
+        back), the total without this update."""
         inc = rc.amount(self.field, attrs) if self.is_sum else 1
-        update = update and inc != 0
-        if self.span:
-            total, added = self._window(key, inc, update, now)
-        else:
-            total, added = self._running(key, inc, update, now_s)
-        if undo is not None:
-            total -= added
-            if update:
-                undo.append((self, key, inc))
-        if total > NUMBER_CAP:
-            total = NUMBER_CAP
-        return total / SUM_SCALE if self.is_sum else total
-
-    def _window(self, key, inc: int, update: bool, now: int) -> tuple[int, int]:
-        """(window total, the part of ``inc`` kept below NUMBER_CAP). A key's value is
-        [the sum of its buckets, its lowest bucket index, bucket index -> total]: a read adds
-        nothing up, and visits the buckets only when the window has left the lowest behind."""
         entry = self.values.get(key)
         cur = now // self.width
         added = 0
-        if update:
+        if update and inc:
             if entry is None:
                 entry = self.values[key] = [0, cur, {}]
             buckets = entry[2]
@@ -120,26 +102,42 @@ class _Number(_Counter):
             if cur < entry[1]:
                 entry[1] = cur
             added = inc - max(0, result - NUMBER_CAP)
+            if undo is not None:
+                undo.append((self, key, inc))
         elif entry is None:
-            return 0, 0
+            return 0
         oldest = cur - self.span + 1
         if entry[1] < oldest:
             buckets = entry[2]
             for index in [i for i in buckets if i < oldest]:
                 entry[0] -= buckets.pop(index)
             entry[1] = min(buckets, default=oldest)
-        return entry[0], added
+        total = entry[0] - added if undo is not None else entry[0]
+        if total > NUMBER_CAP:
+            total = NUMBER_CAP
+        return total / SUM_SCALE if self.is_sum else total
 
-    def _running(self, key, inc: int, update: bool, now_s: float) -> tuple[int, int]:
-        entry = self._live(key, now_s)
-        total = entry[0] if entry is not None else 0
-        added = 0
-        if update:
-            result = total + inc
-            total = min(NUMBER_CAP, result)
-            added = inc - max(0, result - NUMBER_CAP)
-            self.values[key] = [total, now_s + self.ttl_s]
-        return total, added
+    def undo(self, key, inc: int, at: int, now_s: float) -> None:
+        """Take back a provisional increment from the bucket of its time. A number that
+        saturated kept less than it is asked to give back: withdrawing a positive increment
+        stops at zero (as in the script)."""
+        entry = self.values.get(key)
+        index = at // self.width
+        if entry is not None and index in entry[2]:
+            buckets = entry[2]
+            value = max(0 if inc > 0 else -NUMBER_CAP, buckets[index] - inc)
+            entry[0] += value - buckets[index]
+            buckets[index] = value
+
+
+class _Running(_Counter):
+    """count/sum since the last reset: [total, expiry s]."""
+
+    __slots__ = ("is_sum",)
+
+    def __init__(self, plan: CounterPlan):
+        super().__init__(plan)
+        self.is_sum = plan.is_sum
 
     def _live(self, key, now_s: float):
         entry = self.values.get(key)
@@ -148,23 +146,26 @@ class _Number(_Counter):
             return None
         return entry
 
+    def observe(self, key, attrs: dict, update: bool, now: int, now_s: float, rc,
+                undo: list | None = None):
+        inc = rc.amount(self.field, attrs) if self.is_sum else 1
+        entry = self._live(key, now_s)
+        total = entry[0] if entry is not None else 0
+        if update and inc:
+            result = total + inc
+            total = min(NUMBER_CAP, result)
+            self.values[key] = [total, now_s + self.ttl_s]
+            if undo is not None:
+                total -= inc - max(0, result - NUMBER_CAP)
+                undo.append((self, key, inc))
+        if total > NUMBER_CAP:
+            total = NUMBER_CAP
+        return total / SUM_SCALE if self.is_sum else total
+
     def undo(self, key, inc: int, at: int, now_s: float) -> None:
-        """Take back a provisional increment: the bucket of its time, or the running total.
-        A number that saturated kept less than it is asked to give back: withdrawing a
-        positive increment stops at zero (as in the script)."""
-        floor = 0 if inc > 0 else -NUMBER_CAP
-        if self.span:
-            entry = self.values.get(key)
-            index = at // self.width
-            if entry is not None and index in entry[2]:
-                buckets = entry[2]
-                value = max(floor, buckets[index] - inc)
-                entry[0] += value - buckets[index]
-                buckets[index] = value
-        else:
-            entry = self._live(key, now_s)
-            if entry is not None:
-                entry[0] = max(floor, entry[0] - inc)
+        entry = self._live(key, now_s)
+        if entry is not None:
+            entry[0] = max(0 if inc > 0 else -NUMBER_CAP, entry[0] - inc)
 
 
 class _Distinct(_Counter):
@@ -183,21 +184,19 @@ class _Distinct(_Counter):
             del self.values[key]
             entry = None
         member = attrs.get(self.field) if update else None
-        if member is None:
-            if entry is None:
-                return 0
-            members = entry[0]
-            if self.window_ms > 0:
-                members.drop_oldest(seen_until=now - self.window_ms)
-            return len(members)
+        if member is None and entry is None:
+            return 0
         members = entry[0] if entry is not None else Members()
-        if self.window_ms > 0:
+        heap = members.heap
+        # The oldest sighting is at most the heap's top: nothing to drop when that is recent.
+        if self.window_ms > 0 and heap and heap[0][0] <= now - self.window_ms:
             members.drop_oldest(seen_until=now - self.window_ms)
-        members.add(rc.digest(member), now)
-        if len(members) > DISTINCT_CAP:
-            members.drop_oldest(keep=DISTINCT_CAP)
-        self.values[key] = [members, now_s + self.ttl_s]
-        return len(members)
+        if member is not None:
+            members.add(rc.digest(member), now)
+            if len(members.seen) > DISTINCT_CAP:
+                members.drop_oldest(keep=DISTINCT_CAP)
+            self.values[key] = [members, now_s + self.ttl_s]
+        return len(members.seen)
 
 
 class _FirstSeen(_Counter):
@@ -240,7 +239,7 @@ class _FirstSeen(_Counter):
 
 def _counter(plan: CounterPlan) -> _Counter:
     if plan.kind == NUMBER:
-        return _Number(plan)
+        return _Window(plan) if plan.window_ms else _Running(plan)
     if plan.kind == DISTINCT:
         return _Distinct(plan)
     if plan.kind == FIRST_SEEN:
@@ -261,14 +260,17 @@ class RecomputedCounters:
         # (name, read and counted outright (on: attempt; on: allow distinct only read),
         # applied provisionally (on: allow count/sum/first_seen), applied after forwarding
         # (on: allow distinct)).
+        # Each counter as (its observe, feature, itself when its key has more parts, its
+        # where, counted on attempt).
         groups: dict[str, tuple[list, list, list]] = {}
         for c in counters:
             spec = c.spec
             outright, provisional, late = groups.setdefault(spec.key[0], ([], [], []))
+            entry = (c.observe, c.feature, c if c.rest else None, c.where, spec.on == "attempt")
             if spec.on == "allow" and type(c) is not _Distinct:
-                provisional.append(c)
+                provisional.append(entry)
             else:
-                outright.append((c, spec.on == "attempt"))
+                outright.append(entry)
                 if spec.on == "allow":
                     late.append(c)
         self._groups = [(name, *lists) for name, lists in groups.items()]
@@ -330,29 +332,29 @@ class RecomputedCounters:
                 continue
             first = value if type(value) is str else str(value)
             apply = None   # the event's marker for this entity, set with its first counter
-            for c, on_attempt in outright:
-                key = c.key(first, attrs) if c.rest else first
+            for observe, feature, keyed, where, on_attempt in outright:
+                key = keyed.key(first, attrs) if keyed is not None else first
                 if key is None:
                     continue
                 if apply is None:
                     apply = self._mark(("e", name, first, event), now_s)
-                found[c.feature] = c.observe(key, attrs, apply and on_attempt and c.counts(attrs),
-                                             now, now_s, self)
+                found[feature] = observe(key, attrs, apply and on_attempt
+                                         and (where is None or where(attrs)), now, now_s, self)
             apply = None
-            for c in provisional:
-                key = c.key(first, attrs) if c.rest else first
+            for observe, feature, keyed, where, _ in provisional:
+                key = keyed.key(first, attrs) if keyed is not None else first
                 if key is None:
                     continue
                 if apply is None:
                     marker = ("a", name, first, event)
                     apply = self._mark(marker, now_s)
-                    undo = [] if apply else None
+                    # Where this event's updates are recorded, to be settled; when it already
+                    # counted, a list nobody keeps (the counters read as provisional ones do).
+                    undo = []
                     if apply:
                         pending.append((marker, undo))
-                if apply:
-                    found[c.feature] = c.observe(key, attrs, c.counts(attrs), now, now_s, self, undo)
-                else:   # the event already counted: a read, the total as it is
-                    found[c.feature] = c.observe(key, attrs, False, now, now_s, self, [])
+                found[feature] = observe(key, attrs, apply and (where is None or where(attrs)),
+                                         now, now_s, self, undo)
         for feature, result in found.items():
             if result is not None:
                 attrs[feature] = result
@@ -388,8 +390,8 @@ class RecomputedCounters:
             if value is None or not late:
                 continue
             first = value if type(value) is str else str(value)
-            keyed = [(c, key) for c in late
-                     if c.counts(attrs) and (key := c.key(first, attrs)) is not None]
+            keyed = [(c, key) for c in late if (c.where is None or c.where(attrs))
+                     and (key := c.key(first, attrs)) is not None]
             if keyed and self._mark(("l", name, first, self.event), now_s):
                 for c, key in keyed:
                     c.observe(key, attrs, True, now, now_s, self)

@@ -244,6 +244,8 @@ def _first_seen(mark: object, now: int, settle_ms: int) -> int | None:
         return None
     first = int(mark.split(":", 1)[0])
     return first if now - first >= settle_ms else None
+
+
 class Members:
     """A distinct counter's members as a Redis sorted set holds them: the last-seen ms of each
     member, plus a heap of (seen, member) so that the oldest go in O(log n) as with
