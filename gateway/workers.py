@@ -8,6 +8,7 @@ them, a dead worker is marked with ``mark_process_dead`` and the directory is re
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import signal
@@ -17,6 +18,27 @@ import tempfile
 
 class StartupError(Exception):
     """The gateway cannot start; the message says why in one line per problem."""
+
+
+# Allocations between two collections of the young generation (Python's default: 700).
+GC_YOUNG = 10_000
+
+
+def tune_gc() -> None:
+    """Keep the cycle collector off what startup loaded, and out of the way of requests.
+
+    A request allocates thousands of containers (aiohttp's request and response objects,
+    headers, attributes, the decision), so with the defaults the young generation is collected
+    every few requests and a full collection, every ~2,000 requests, walks everything startup
+    loaded (rules, config, metrics, modules): measured under load, 10 % of the CPU and pauses
+    of 60 ms at the tail (docs/performance.md). What startup loaded lives as long as the
+    process: frozen, no collection walks it again (and forked workers keep sharing its pages).
+    Collecting the young generation every GC_YOUNG allocations instead of 700 costs the same per
+    object and a tenth of the fixed cost; cycles are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, 10, 10)
 
 
 def _install_uvloop() -> None:
@@ -56,6 +78,7 @@ def serve(config, master_key, admin_token: str | None, reuse_port: bool) -> int:
             await server.shutdown()
             raise StartupError(f"cannot listen: {exc.strerror or exc}") from None
         server.install_signals()
+        tune_gc()
         await server.serve()
         return 0
 
