@@ -49,7 +49,8 @@ def generate(path: Path, records: int, seed: int = 12) -> Counter:
     from gateway.velocity import settle_window_s
     from rules import load_rules
 
-    traffic = Traffic(max(1, records // EVENTS_PER_USER), seed)
+    # At least 20 customers: a mule fan-in attack pays from up to 15 of them.
+    traffic = Traffic(max(20, records // EVENTS_PER_USER), seed)
     rnd = random.Random(seed)
     ips: dict[str, str] = {}
     mix: Counter = Counter()

@@ -13,9 +13,9 @@ first record (the warm-up) and the upstream's answer to a request the gateway di
 Why not run ``Velocity`` itself, as the scenario runner does: a replay counts millions of
 records in one process, in time order, and settles each before the next. Velocity's
 generality (keys built as strings, operations described for a script, markers and expiry as
-stored keys, confirmations deferred to a later call) cost ~190 µs a record, four times the
-whole budget (docs/performance.md). Here every counter keeps its values in a dict by key
-tuple, a record's operations run directly, and a settled record needs nothing deferred.
+stored keys, confirmations deferred to a later call) cost 2.4 times the CPU a record (320 vs
+134 µs on the bench's log, docs/performance.md). Here every counter keeps its values in a dict
+by key tuple, a record's operations run directly, and a settled record needs nothing deferred.
 ``tests/gateway/test_backtest_counters.py`` drives this and ``Velocity`` on a
 ``MemoryBackend`` with the same random traffic and requires the same features at every record.
 """
@@ -259,9 +259,8 @@ class RecomputedCounters:
         # By first key attribute, as Velocity groups them (one marker per entity and event):
         # (name, read and counted outright (on: attempt; on: allow distinct only read),
         # applied provisionally (on: allow count/sum/first_seen), applied after forwarding
-        # (on: allow distinct)).
-        # Each counter as (its observe, feature, itself when its key has more parts, its
-        # where, counted on attempt).
+        # (on: allow distinct)). The first two hold each counter as (its observe, feature,
+        # itself when its key has more parts, its where, counted on attempt).
         groups: dict[str, tuple[list, list, list]] = {}
         for c in counters:
             spec = c.spec
