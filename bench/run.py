@@ -440,9 +440,12 @@ http {{
         own = round(statistics.median(r["rps"] for r in full_cfg.runs) / 2)
         fixed = {"rate": rate, "peer": [], "full": [], "fullc": []}
         fixed_own = {"rate": own, "peer": [], "full": []}
-        for rep in range(a.reps):
-            for table, cfgs in ((fixed, (peer_cfg, full_cfg, cluster_cfg)),
-                                (fixed_own, (peer_cfg, full_cfg))):
+        # The latency table first, all its runs: the capacity table overloads txgate full, and
+        # interleaved with it the latency runs that followed an overload showed p99s of 50-330
+        # ms that the same load alone never gives (8-18 ms, A/B of 2026-12-01).
+        for table, cfgs in ((fixed_own, (peer_cfg, full_cfg)),
+                            (fixed, (peer_cfg, full_cfg, cluster_cfg))):
+            for rep in range(a.reps):
                 for cfg in cfgs:
                     result = self.fixed(cfg, table["rate"], rep)
                     table[cfg.name].append(result)
