@@ -86,7 +86,7 @@ class _Window(_Counter):
                 undo: list | None = None):
         """The feature value; with ``undo`` (a provisional update, recorded there to be taken
         back), the total without this update."""
-        inc = rc.amount(self.field, attrs) if self.is_sum else 1
+        inc = (scaled_amount(attrs.get(self.field)) or 0) if self.is_sum else 1
         entry = self.values.get(key)
         cur = now // self.width
         added = 0
@@ -148,7 +148,7 @@ class _Running(_Counter):
 
     def observe(self, key, attrs: dict, update: bool, now: int, now_s: float, rc,
                 undo: list | None = None):
-        inc = rc.amount(self.field, attrs) if self.is_sum else 1
+        inc = (scaled_amount(attrs.get(self.field)) or 0) if self.is_sum else 1
         entry = self._live(key, now_s)
         total = entry[0] if entry is not None else 0
         if update and inc:
@@ -278,20 +278,12 @@ class RecomputedCounters:
         self._markers: dict[tuple, float] = {}
         self._marked = 0
         self._digests: dict[str, str] = {}   # distinct member -> its digest: values recur
-        self._amounts: dict[str, int] = {}   # this record's scaled amounts, by field
         self._attrs: dict = {}
         self._now = (0, 0.0)
         self.event = ""
         # This record's provisional updates: (marker, [(counter, key, increment or mark)]).
         self._pending: list = []
         self.differences: dict[str, int] = {}   # counter feature -> records where it differs
-
-    def amount(self, field: str, attrs: dict) -> int:
-        """The field's amount in units of 1/SUM_SCALE (0 when not a number), once a record."""
-        scaled = self._amounts.get(field)
-        if scaled is None:
-            scaled = self._amounts[field] = scaled_amount(attrs.get(field)) or 0
-        return scaled
 
     def digest(self, member) -> str:
         text = member if type(member) is str else str(member)
@@ -322,7 +314,6 @@ class RecomputedCounters:
         counted = self._features
         attrs = {k: v for k, v in logged.items() if k not in counted}
         self.event = event = str(record.get("event_id") or record.get("request_id") or "")
-        self._amounts = {}
         found = {}
         pending = []
         for name, outright, provisional, _ in self._groups:
