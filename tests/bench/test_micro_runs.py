@@ -16,3 +16,10 @@ def test_the_stage_benchmarks_run():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "6 passed" in result.stdout
+
+
+def test_the_velocity_call_benchmark_runs():
+    result = subprocess.run([sys.executable, "-m", "bench.velocity_cpu", "320"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("velocity call, client side: ")
