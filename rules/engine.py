@@ -25,6 +25,12 @@ import orjson
 # Loaded by name: an import statement would read, to static tools (import-linter, grimp,
 # which see no Python source for an extension), as this module importing its own package.
 dre = importlib.import_module("rules.durable_rules_engine")
+EngineError = dre.error
+# What the engine's error codes mean, where a rule author can act on it (rules.h).
+_CODES = {
+    "113": "the condition is too large for the engine: more than 31 comparisons and "
+           "connectives in one of its branches once every `not` is pushed down",
+}
 
 GUARD_FIELD = "tx_id"
 GUARD = {"$ex": {GUARD_FIELD: 1}}
@@ -90,7 +96,8 @@ def refusal(condition: dict) -> str | None:
     try:
         handle = dre.create_ruleset("txgate_probe_%d" % next(_versions), to_json(definitions({"probe": condition})))
     except dre.error as e:
-        return str(e)
+        code = str(e).rsplit(" ", 1)[-1]
+        return f"{_CODES[code]}, error {code}" if code in _CODES else str(e)
     dre.delete_ruleset(handle)   # no session was created: nothing else to free
     return None
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from rules.compiler import FALSE, TRUE, CompileError, compile_expr, key
 from rules.counters import CounterSpec, counter_from_dict
 from rules.decision import ACTIONS, DEFAULT_THRESHOLDS
-from rules.engine import refusal
+from rules.engine import EngineError, refusal
 from rules.expressions import ExpressionError, LiveList, Matches, expr_attrs, parse_when, walk
 from rules.kinds import BUILTINS, TYPE_KIND, KindChecker
 from rules.ruleset import Rule, RuleSet
@@ -272,12 +272,23 @@ def _build(load: _Load, version: str) -> RuleSet:
         raise RuleLoadError([f"{f}:{ln}: {m}" for f, ln, m in sorted(load.errors, key=lambda e: (e[0], e[1]))])
     thresholds = dict(DEFAULT_THRESHOLDS) if load.thresholds is None else load.thresholds
     used_lists = {name: load.memberships[name] for name in sorted(attribute_names) if name in load.memberships}
-    return RuleSet(version=version, rules=tuple(rules), counters=tuple(s for s, _, _ in load.counters),
-                   memberships=tuple((name, tested, list_name) for name, (tested, list_name) in used_lists.items()),
-                   live_lists=tuple(sorted(live_names)),
-                   lists=dict(load.lists), thresholds=thresholds,
-                   kinds={k: v for k, v in kinds.items() if k in attribute_names or k == "route"},
-                   attribute_names=frozenset(attribute_names))
+    try:
+        return RuleSet(version=version, rules=tuple(rules), counters=tuple(s for s, _, _ in load.counters),
+                       memberships=tuple((name, tested, list_name) for name, (tested, list_name) in used_lists.items()),
+                       live_lists=tuple(sorted(live_names)),
+                       lists=dict(load.lists), thresholds=thresholds,
+                       kinds={k: v for k, v in kinds.items() if k in attribute_names or k == "route"},
+                       attribute_names=frozenset(attribute_names))
+    except EngineError as exc:
+        raise RuleLoadError(_engine_refusals(rules, exc)) from None
+
+
+def _engine_refusals(rules: list[Rule], exc: Exception) -> list[str]:
+    """FILE:LINE of every rule the engine refuses on its own. Probed one by one only once the
+    whole set was refused, so a set the engine takes pays nothing for it."""
+    refused = [f"{rule.file}:{rule.line}: rule {rule.id}: {why}; split it into smaller rules"
+               for rule in rules if (why := refusal(rule.condition)) is not None]
+    return refused or [f"{rules[0].file if rules else 'rules'}:1: the engine refused the rule set ({exc})"]
 
 
 def unchecked_attributes(rs: RuleSet) -> dict[str, str | None]:

@@ -153,6 +153,20 @@ def test_bad_rules(write, rule, message):
     assert len(errs) == 1 and errs[0].startswith(f"{d / 'a.yaml'}:2: ") and message in errs[0], errs
 
 
+def test_a_condition_too_large_for_the_engine_is_a_line_of_its_file(write):
+    """The engine holds at most 31 parts in one branch of a condition (durable-rules'
+    MAX_SEQUENCE_EXPRESSIONS): an and of sixteen ors is refused with the rule's line, the
+    rules beside it named by nothing; before, the engine's own exception escaped the loader."""
+    big = " and ".join(f"(x > {i} or y > {i})" for i in range(16))
+    d = write(a__yaml="rules:\n  - {id: R-OK, when: x > 1, score: 1}\n"
+                      f"  - {{id: R-BIG, when: '{big}', score: 1}}\n")
+    errs = errors_of(d)
+    assert len(errs) == 1 and errs[0].startswith(f"{d / 'a.yaml'}:3: rule R-BIG: the condition is too large"), errs
+    small = " and ".join(f"(x > {i} or y > {i})" for i in range(8))
+    write(a__yaml=f"rules:\n  - {{id: R-BIG, when: '{small}', score: 1}}\n")
+    load_rules(d).close()   # half the size loads
+
+
 def test_thresholds_declared_twice_or_for_unknown_actions(write):
     d = write(a__yaml="thresholds: {review: 10, block: 20, deny: x}\n", b__yaml="thresholds: {deny: 5}\n")
     errs = errors_of(d)
