@@ -108,7 +108,7 @@ bench-deps: system-deps
 # Every config, 3 interleaved runs each, then the fixed-load test; writes docs/performance.md.
 # About 7 minutes on 2 cores; loopback only.
 bench: $(BENCH_STAMP) bench-deps
-	timeout 900 $(PY) -m bench.run
+	timeout 1500 $(PY) -m bench.run
 
 # The stages one by one (pytest-benchmark): signature, state trip, rules 55/500, metrics, log.
 bench-micro: $(BENCH_STAMP) system-deps
