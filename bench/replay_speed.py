@@ -40,8 +40,6 @@ EVENTS_PER_USER = 53   # what Traffic makes a customer pay in its two months, on
 
 def generate(path: Path, records: int, seed: int = 12) -> Counter:
     """Write ``records`` decision-log lines to ``path``; returns the logged decision mix."""
-    import functools
-
     from auth.tiers import tier_rank
     from bench.pack_eval import RATES, Traffic
     from gateway.backtest import RecomputedCounters
@@ -57,7 +55,7 @@ def generate(path: Path, records: int, seed: int = 12) -> Counter:
     rs = load_rules(PACK)
     # The counters the gateway would have logged: the replay's own (tests show they count as
     # the gateway's Velocity does).
-    counters = functools.partial(RecomputedCounters, settle_s=settle_window_s(UPSTREAM_TIMEOUT_S))(rs, 300)
+    counters = RecomputedCounters(rs, 300, settle_s=settle_window_s(UPSTREAM_TIMEOUT_S))
     written = 0
     with rs, open(path, "wb") as fh:
         for n, (at, kind, tx, passed) in enumerate(traffic.events):

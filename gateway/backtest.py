@@ -67,6 +67,15 @@ class _Counter:
     def reset(self, key) -> None:
         self.values.pop(key, None)
 
+    def _live(self, key, now_s: float):
+        """The key's [value, expiry s], or None when absent or expired (then dropped, as the
+        store's expiry would have). Windowed numbers keep no expiry: see _Window."""
+        entry = self.values.get(key)
+        if entry is not None and entry[1] <= now_s:
+            del self.values[key]
+            return None
+        return entry
+
 
 class _Window(_Counter):
     """count/sum over a sliding window. A key's value is [the sum of its buckets, its lowest
@@ -139,13 +148,6 @@ class _Running(_Counter):
         super().__init__(plan)
         self.is_sum = plan.is_sum
 
-    def _live(self, key, now_s: float):
-        entry = self.values.get(key)
-        if entry is not None and entry[1] <= now_s:
-            del self.values[key]
-            return None
-        return entry
-
     def observe(self, key, attrs: dict, update: bool, now: int, now_s: float, rc,
                 undo: list | None = None):
         inc = (scaled_amount(attrs.get(self.field)) or 0) if self.is_sum else 1
@@ -179,10 +181,7 @@ class _Distinct(_Counter):
 
     def observe(self, key, attrs: dict, update: bool, now: int, now_s: float, rc,
                 undo: list | None = None) -> int:
-        entry = self.values.get(key)
-        if entry is not None and entry[1] <= now_s:
-            del self.values[key]
-            entry = None
+        entry = self._live(key, now_s)
         member = attrs.get(self.field) if update else None
         if member is None and entry is None:
             return 0
@@ -208,16 +207,12 @@ class _FirstSeen(_Counter):
                 undo: list | None = None):
         """The age in s, None when never seen. With ``undo`` (an ``on: allow`` counter) the
         mark is provisional, the event's, until ``settle`` and reads as absent till then."""
-        values = self.values
-        entry = values.get(key)
-        if entry is not None and entry[1] <= now_s:
-            del values[key]
-            entry = None
+        entry = self._live(key, now_s)
         mark = entry[0] if entry is not None else None
         if update:
             if mark is None:
                 mark = (now, rc.event) if undo is not None else now
-            values[key] = [mark, now_s + self.ttl_s]
+            self.values[key] = [mark, now_s + self.ttl_s]
             if undo is not None:
                 undo.append((self, key, (now, rc.event)))
         if mark is None:
@@ -228,8 +223,8 @@ class _FirstSeen(_Counter):
 
     def settle(self, key, mark: tuple, forwarded: bool, now_s: float) -> None:
         """Make this request's own provisional mark final, or take it back."""
-        entry = self.values.get(key)
-        if entry is None or entry[1] <= now_s or entry[0] != mark:
+        entry = self._live(key, now_s)
+        if entry is None or entry[0] != mark:
             return   # another request's mark, or gone
         if forwarded:
             entry[0] = mark[0]

@@ -144,8 +144,9 @@ def replay_file(path, rs: RuleSet, counters=None, load=None, workers: int = 1) -
 def without_gc():
     """The cycle collector off while a replay runs: it keeps millions of containers (parsed
     records, transactions, counter values) that form no cycles, and the collector's passes
-    over them cost as much as deciding (55 of 157 µs a record with --recompute). Anything
-    cyclic made meanwhile is collected once it is back on."""
+    over them cost as much as deciding (55 of 157 µs a record with --recompute). Worker
+    processes forked meanwhile inherit it off. Anything cyclic made meanwhile is collected
+    once it is back on."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -181,8 +182,7 @@ def _digest_range(task):
                 break
             lines.append(line)
     records = []
-    with without_gc():
-        rows = [digest(n, record, _worker_rules, names) for n, record in _records(lines, skipped, records)]
+    rows = [digest(n, record, _worker_rules, names) for n, record in _records(lines, skipped, records)]
     return (len(lines), len(records), [tuple(s.split(": ", 1)) for s in skipped], rows, names)
 
 

@@ -49,24 +49,8 @@ def window_ttl_ms(window_ms: int, width_ms: int) -> int:
     return window_ms + width_ms
 
 
-# The last value scaled and its result: a request's sum counters (the shipped pack has three)
-# all scale the same attribute object, and Decimal arithmetic is the dear part. Holding the
-# value keeps its identity from being reused by another object.
-_last: tuple[object, int | None] = (None, None)
-
-
 def scaled_amount(value: object) -> int | None:
     """An amount in units of 1/SUM_SCALE, or None when the value is not a finite number."""
-    global _last
-    last, result = _last
-    if value is last and value is not None:
-        return result
-    result = _scaled(value)
-    _last = (value, result)
-    return result
-
-
-def _scaled(value: object) -> int | None:
     if isinstance(value, bool) or value is None:
         return None
     try:
