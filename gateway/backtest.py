@@ -40,7 +40,7 @@ class _Counter:
     """One candidate counter's values, by key: the first key value, or a tuple of all of them,
     as strings (as the store's key text tells values apart)."""
 
-    __slots__ = ("spec", "feature", "rest", "where", "field", "values", "ttl_s")
+    __slots__ = ("spec", "feature", "rest", "where", "field", "is_sum", "values", "ttl_s")
 
     def __init__(self, plan: CounterPlan):
         self.spec = plan.spec
@@ -49,6 +49,7 @@ class _Counter:
         # The counter's `where:`, None when it counts every transaction.
         self.where = plan.spec.counts if plan.spec.where_expr is not None else None
         self.field = plan.spec.field
+        self.is_sum = plan.is_sum
         self.values: dict = {}
         self.ttl_s = plan.ttl_ms / 1000
 
@@ -83,13 +84,12 @@ class _Window(_Counter):
     once the window has left the lowest behind. A key the store would have expired holds only
     buckets a read prunes (its TTL is the window and a bucket past its last write)."""
 
-    __slots__ = ("width", "span", "is_sum")
+    __slots__ = ("width", "span")
 
     def __init__(self, plan: CounterPlan):
         super().__init__(plan)
         self.width = plan.bucket_ms
         self.span = bucket_count(plan.window_ms, plan.bucket_ms)
-        self.is_sum = plan.is_sum
 
     def observe(self, key, attrs: dict, update: bool, now: int, now_s: float, rc,
                 undo: list | None = None):
@@ -142,11 +142,7 @@ class _Window(_Counter):
 class _Running(_Counter):
     """count/sum since the last reset: [total, expiry s]."""
 
-    __slots__ = ("is_sum",)
-
-    def __init__(self, plan: CounterPlan):
-        super().__init__(plan)
-        self.is_sum = plan.is_sum
+    __slots__ = ()
 
     def observe(self, key, attrs: dict, update: bool, now: int, now_s: float, rc,
                 undo: list | None = None):
