@@ -1,8 +1,9 @@
-"""Forward an accepted request upstream through one pooled ClientSession and stream the answer.
+"""Forward an accepted request upstream over pooled keep-alive connections
+(``gateway.upstream``) and stream the answer.
 
 Hop-by-hop headers (RFC 9110 §7.6.1, plus every name listed in ``Connection``) are removed in
 both directions; client-sent ``Txgate-*`` headers never reach the upstream. A request is sent
-once: aiohttp never retries, and neither do we, so a payment cannot be submitted twice.
+once and never retried, so a payment cannot be submitted twice.
 """
 
 from __future__ import annotations
@@ -11,20 +12,18 @@ import asyncio
 import ssl
 from typing import Iterable, Mapping
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.config import RouteConfig
 from gateway.errors import GatewayError
 from gateway.headers import DROPPED
+from gateway.upstream import UpstreamClient, UpstreamResponse
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
     "upgrade", "proxy-authenticate", "proxy-authorization",
 })
-_CHUNK = 64 * 1024
 # An answer of known length up to this size is read whole and sent as one Response: one
 # write instead of prepare + write + write_eof, and no chunk iterator (most API answers).
 SMALL_BODY = 64 * 1024
@@ -77,45 +76,30 @@ def downstream_headers(upstream: Mapping[str, str]) -> CIMultiDict:
 
 
 class Forwarder:
-    """One per process: owns the pooled ClientSession."""
+    """One per process: owns the upstream connections."""
 
     def __init__(self, timeout_s: float, routes: Iterable[RouteConfig] = ()):
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._client = UpstreamClient(timeout_s)
         # Route upstream URL -> context verifying it against that route's own CA bundle;
-        # every other https upstream is verified against the system CAs (aiohttp's default).
+        # every other https upstream is verified against the system CAs.
         self.tls_contexts: dict[str, ssl.SSLContext] = {
             route.upstream: ssl.create_default_context(cafile=route.upstream_ca_file)
             for route in routes if route.upstream.startswith("https://") and route.upstream_ca_file}
 
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
-                                         ttl_dns_cache=300)
-        # auto_decompress off: bytes pass through unchanged, Content-Encoding stays valid.
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                              auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-                                              skip_auto_headers=("User-Agent", "Accept-Encoding"))
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._client.close()
 
-    async def open(self, method: str, url: str, headers: CIMultiDict, body: bytes
-                   ) -> aiohttp.ClientResponse:
-        """Send the request; the caller streams the response. Errors become 502/504."""
-        context = True
-        for upstream, candidate in self.tls_contexts.items():
-            if url.startswith(upstream + "/"):
-                context = candidate
-                break
+    async def open(self, method: str, upstream: str, raw_path: str, headers: CIMultiDict,
+                   body: bytes) -> UpstreamResponse:
+        """Send the request to ``upstream`` (a route's URL); the caller streams the response.
+        Errors become 502/504."""
+        origin = self._client.origin(upstream, self.tls_contexts.get(upstream))
         try:
-            # encoded=True: the upstream gets the very path that was matched, byte for byte.
-            return await self._session.request(method, URL(url, encoded=True), headers=headers,
-                                               data=body or None,
-                                               allow_redirects=False, compress=None, ssl=context)
-        except asyncio.TimeoutError:
+            # The upstream gets the very path that was matched, byte for byte.
+            return await self._client.send(origin, method, raw_path, headers, body)
+        except TimeoutError:
             raise GatewayError(504, "upstream_timeout", "the upstream did not answer in time") from None
-        except (aiohttp.ClientError, OSError):
+        except OSError:
             raise GatewayError(502, "upstream_unavailable", "the upstream refused or reset the connection") from None
 
 
@@ -136,7 +120,7 @@ async def _write(request: web.Request, write, timeout_s: float) -> None:
         raise ClientStalled("the client stopped reading the answer") from None
 
 
-async def stream_back(request: web.Request, upstream: aiohttp.ClientResponse,
+async def stream_back(request: web.Request, upstream: UpstreamResponse,
                       extra: Mapping[str, str], write_timeout_s: float) -> web.StreamResponse:
     """Relay status, headers and body; chunk by chunk unless small and of known length, so
     memory stays bounded for any size. Each write towards the client must progress within
@@ -160,7 +144,7 @@ async def stream_back(request: web.Request, upstream: aiohttp.ClientResponse,
         response.enable_chunked_encoding()
     try:
         await _write(request, lambda: response.prepare(request), write_timeout_s)
-        async for chunk in upstream.content.iter_chunked(_CHUNK):
+        async for chunk in upstream.chunks():
             await _write(request, lambda: response.write(chunk), write_timeout_s)
         await _write(request, response.write_eof, write_timeout_s)
     finally:

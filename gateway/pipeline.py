@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
-import uuid
 
 import aiohttp
 from aiohttp import web
@@ -34,6 +32,7 @@ from gateway.errors import GatewayError, StateUnavailable
 from gateway.exchange import Exchange
 from gateway.features import builtin_attributes
 from gateway.forward import ClientStalled, stream_back, upstream_headers
+from gateway.ids import event_id, request_id
 from gateway.logs import REQUEST_ID
 from gateway.rates import money_attributes
 from gateway.responses import error_response
@@ -52,7 +51,7 @@ class Pipeline:
         self.s = services   # gateway.services.Services: everything built once per process
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ex = Exchange(request, uuid.uuid4().hex, time.perf_counter(), self.s.shared_side)
+        ex = Exchange(request, request_id(), time.perf_counter(), self.s.shared_side)
         logged_as = REQUEST_ID.set(ex.request_id)   # every log line of this request carries it
         try:
             check_path(request.raw_path)
@@ -87,10 +86,10 @@ class Pipeline:
             ex.error = _INTERNAL
             return error_response(_INTERNAL, ex.request_id)
         finally:
-            if not ex.forwarded and ex.observation is not None:
+            if not ex.forwarded and (withdrawal := self.s.recorder.settle(ex)) is not None:
                 # Not forwarded: take back the provisional on-allow counts before the answer
                 # leaves, so that a step-up repeat never races its own withdrawal.
-                await self.s.recorder.settle(ex)
+                await withdrawal
             self.s.recorder.record(ex)
             REQUEST_ID.reset(logged_as)
 
@@ -155,7 +154,7 @@ class Pipeline:
                 raise StateUnavailable() from None   # step-up never degrades
             if known:
                 return known
-        return secrets.token_urlsafe(18)
+        return event_id()
 
     async def _on_side(self, ex: Exchange, call):
         """``call(ex.side)``; when the store fails, once more on the side the route's policy
@@ -237,15 +236,16 @@ class Pipeline:
         ex.overhead_s = time.perf_counter() - ex.started
         sent = time.perf_counter()
         try:
-            upstream = await self.s.forwarder.open(req.method, route.config.upstream + req.raw_path,
-                                                   headers, ex.body)
+            upstream = await self.s.forwarder.open(req.method, route.config.upstream,
+                                                   req.raw_path, headers, ex.body)
         except GatewayError as exc:
             UPSTREAM_ERRORS.labels(route.name, exc.code.removeprefix("upstream_")).inc()
             raise
         UPSTREAM_DURATION.labels(route.name).observe(time.perf_counter() - sent)
         ex.forwarded = True
         ex.upstream_status = upstream.status
-        after = asyncio.ensure_future(self.s.recorder.settle(ex)) if ex.decision else None
+        settling = self.s.recorder.settle(ex) if ex.decision else None
+        after = asyncio.ensure_future(settling) if settling is not None else None
         try:
             return await stream_back(req, upstream, {"Txgate-Request-Id": ex.request_id},
                                      self.s.config.limits.client_timeout_s)

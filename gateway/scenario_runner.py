@@ -186,7 +186,7 @@ class _Step:
                 break
             # A challenge for `required`: this request is not forwarded; the user's answer is
             # the repeat of the same event (the pipeline reuses the challenge's event id).
-            await Recorder.settle(request)
+            await _settled(request)
             passed = self.step.passed
             if passed is None or tier_rank(passed) < tier_rank(required):
                 result.outcome, request = "step_up", None
@@ -204,7 +204,7 @@ class _Step:
             request.stepped_up = True
             decision = self.rs.decide(request.attrs, self.route_name)
         if request is not None:
-            await Recorder.settle(request)
+            await _settled(request)
             result.tier = request.attrs["tier"]
         return result
 
@@ -272,3 +272,10 @@ def _check(step: Step, result: Result) -> list[str]:
         failures.append(f"matched: {', '.join(matched) or '(none)'}; action {decision.action}, "
                         f"score {decision.score:g}; outcome {result.outcome}")
     return failures
+
+
+async def _settled(request) -> None:
+    """Recorder.settle and the round trip it may still need."""
+    pending = Recorder.settle(request)
+    if pending is not None:
+        await pending

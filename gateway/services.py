@@ -132,7 +132,6 @@ class Services:
     async def start(self) -> None:
         await self.state.start()
         await self.credentials.check_master_key()
-        await self.forwarder.start()
         self.rates.load()
         self.rulebook.load()
         self.load_challenger()
