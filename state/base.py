@@ -91,6 +91,10 @@ class StateBackend(ABC):
     async def hdel(self, key: str, field: str) -> bool:
         """Remove one field of a record collection; True when it was there (live lists)."""
 
+    # True when ``planned`` runs a rule set's own velocity script (state.velocity_plan): a
+    # single Redis server. The others take the generic ``trip``.
+    plans = False
+
     async def velocity(self, batches: Sequence[Batch]) -> list[list[int]]:
         """Apply each batch of counter operations atomically; one result list per batch.
 

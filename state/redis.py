@@ -14,7 +14,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from state import redis_cluster, velocity_script
+from state import redis_cluster, velocity_plan, velocity_script
 from state.base import StateBackend, StateError
 from state.health import Health
 from state.ops import Batch, Trip
@@ -54,6 +54,9 @@ class RedisBackend(StateBackend):
                  sentinel: tuple[str, Sequence[tuple[str, int]]] | None = None,
                  wait_replicas: int = 0):
         self.cluster = cluster
+        # One server runs a rule set's own script (velocity_plan); a cluster splits the call
+        # per slot and keeps the generic one.
+        self.plans = not cluster
         self._timeout = timeout = timeout_ms / 1000
         # No client-side retries: a slow or absent store must fail within timeout_ms so that
         # on_state_error decides, instead of the request waiting through a backoff schedule.
@@ -117,6 +120,10 @@ class RedisBackend(StateBackend):
 
     async def start(self) -> None:
         await self.ping()
+        if not self.cluster:
+            # Rule sets run scripts of their own (velocity_plan); the generic one serves
+            # pass-through claims and settling. Loaded now, their first call needs no EVAL.
+            await self._command("script", ("SCRIPT", "LOAD", velocity_script.VELOCITY.text))
 
     async def close(self) -> None:
         try:
@@ -198,6 +205,15 @@ class RedisBackend(StateBackend):
         replicas = self._replicas if acked else None
         return await self._direct("velocity", lambda: redis_cluster.trip(
             self._lane, claims, batches, replicas), acked)
+
+    async def planned(self, layout: velocity_plan.Layout, claims: Sequence[tuple[str, int]],
+                      batches: Sequence[Batch], markers: tuple[str | None, str | None],
+                      body: list[str]) -> velocity_plan.Planned:
+        """``trip`` with ``layout``'s counters (single server: ``plans`` is True)."""
+        acked = bool(claims) and self._acked is not None
+        lane = self._acked if acked else self._lane
+        return await self._direct("velocity", lambda: velocity_plan.run(
+            lane, layout, claims, batches, markers, body), acked)
 
 
 def _url_options(url: str | None) -> dict:

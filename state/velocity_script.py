@@ -18,9 +18,11 @@ LUA = r"""
 -- state/memory.py implements the same semantics in Python; keep the two in step.
 --
 -- KEYS: the claim keys, then per batch [marker,] one key per op.
--- ARGV[1] number of claims C, ARGV[2 .. C+1] their TTLs (ms); then per batch: marker mode
---   ('0' none, '1' set if absent, '2' delete), marker TTL (ms), op count, then 6 per op:
---   kind, update ('1'/'0'), value, window ms, bucket ms, ttl ms.
+-- ARGV[1] number of claims C, ARGV[2 .. C+1] their TTLs (ms); ARGV[C+2] how many arguments
+--   the batches take; then per batch: marker mode ('0' none, '1' set if absent, '2' delete),
+--   marker TTL (ms), op count, then 6 per op: kind, update ('1'/'0'), value, window ms,
+--   bucket ms, ttl ms. A rule set's own script (state/velocity_plan.py) reads its counters
+--   after the batches, from a layout baked into its text.
 -- Kinds: 'n' number, 'p' number whose result leaves out its own increment (an on: allow
 --   counter applied provisionally), 'u' undo of a 'p' (value = minus the increment, the
 --   window slot = the time it was applied), 'd' distinct, 'f' first_seen, 'q' first_seen
@@ -95,9 +97,84 @@ local function first_seen(key, settle)
   return ms
 end
 
+-- One operation of kind `kind` on `key` (the kinds above); `upd`: apply its update too.
+local function op(kind, upd, val, win, bucket, ttl, key)
+  if kind == 'n' or kind == 'p' then
+    local total, added = 0, 0
+    if win > 0 then
+      total, added = windowed(key, upd, val, win, bucket, ttl)
+    else
+      if upd then
+        local result = redis.call('INCRBY', key, val)
+        if result > top then redis.call('SET', key, top_text, 'KEEPTTL') end
+        added = kept(result, val)
+        redis.call('PEXPIRE', key, ttl)
+      end
+      total = tonumber(redis.call('GET', key) or '0')
+    end
+    -- A provisional number reports the total without its own (kept) increment.
+    if kind == 'p' then total = total - added end
+    if total > top then total = top end
+    return total
+  elseif kind == 'u' then
+    -- The bucket of the original increment, so the window total is exactly restored.
+    -- A number that saturated kept less than it is now asked to give back: a withdrawal
+    -- of a positive increment stops at zero.
+    local field = string.format('%d', math.floor(win / (bucket > 0 and bucket or 1)))
+    local floor = tonumber(val) < 0
+    if bucket > 0 and redis.call('HEXISTS', key, field) == 1 then
+      if redis.call('HINCRBY', key, field, val) < 0 and floor then
+        redis.call('HSET', key, field, '0')
+      end
+    elseif bucket == 0 and redis.call('EXISTS', key) == 1 then
+      if redis.call('INCRBY', key, val) < 0 and floor then
+        redis.call('SET', key, '0', 'KEEPTTL')
+      end
+    end
+    return 0
+  elseif kind == 'd' then
+    -- Members older than the window leave first; (now - win, now] is the exact window.
+    if win > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', now - win) end
+    if upd then
+      redis.call('ZADD', key, now, val)
+      redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
+      redis.call('PEXPIRE', key, ttl)
+    end
+    return redis.call('ZCARD', key)
+  elseif kind == 'f' or kind == 'q' then
+    if upd then
+      local mark = string.format('%d', now)
+      if kind == 'q' then mark = mark .. ':' .. val end
+      redis.call('SET', key, mark, 'NX')
+      redis.call('PEXPIRE', key, ttl)
+    end
+    local first = first_seen(key, kind == 'q' and win or 0)
+    if first then return now - first end
+    return -1
+  elseif kind == 'v' or kind == 'c' then
+    -- Only the request's own mark: another request may have replaced a withdrawn one.
+    if redis.call('GET', key) == val then
+      if kind == 'v' then
+        redis.call('DEL', key)
+      else
+        redis.call('SET', key, string.match(val, '^(%d+)'), 'KEEPTTL')
+      end
+    end
+    return 0
+  elseif kind == 'l' then
+    local entry = redis.call('HGET', key, val)
+    local expires = entry and tonumber(string.match(entry, '^%d+'))
+    if expires and (expires == 0 or expires > now) then return 1 end
+    return 0
+  end
+  redis.call('DEL', key)
+  return 0
+end
+
 local out = {1, now}
-local a, k = 1 + nclaims, nclaims
-while a < #ARGV do
+local a, k = 2 + nclaims, nclaims
+local last = a + tonumber(ARGV[a])
+while a < last do
   local mode, marker_ttl, nops = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   a = a + 3
   local apply = true
@@ -111,89 +188,24 @@ while a < #ARGV do
   end
   out[#out + 1] = apply and 1 or 0
   for _ = 1, nops do
-    local kind, val = ARGV[a + 1], ARGV[a + 3]
     local upd = apply and ARGV[a + 2] == '1'
-    local win, bucket, ttl = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), ARGV[a + 6]
-    a = a + 6
     k = k + 1
-    local key = KEYS[k]
-    local i = #out + 1
-    if kind == 'n' or kind == 'p' then
-      local total, added = 0, 0
-      if win > 0 then
-        total, added = windowed(key, upd, val, win, bucket, ttl)
-      else
-        if upd then
-          local result = redis.call('INCRBY', key, val)
-          if result > top then redis.call('SET', key, top_text, 'KEEPTTL') end
-          added = kept(result, val)
-          redis.call('PEXPIRE', key, ttl)
-        end
-        total = tonumber(redis.call('GET', key) or '0')
-      end
-      -- A provisional number reports the total without its own (kept) increment.
-      if kind == 'p' then total = total - added end
-      if total > top then total = top end
-      out[i] = total
-    elseif kind == 'u' then
-      -- The bucket of the original increment, so the window total is exactly restored.
-      -- A number that saturated kept less than it is now asked to give back: a withdrawal
-      -- of a positive increment stops at zero.
-      local field = string.format('%d', math.floor(win / (bucket > 0 and bucket or 1)))
-      local floor = tonumber(val) < 0
-      if bucket > 0 and redis.call('HEXISTS', key, field) == 1 then
-        if redis.call('HINCRBY', key, field, val) < 0 and floor then
-          redis.call('HSET', key, field, '0')
-        end
-      elseif bucket == 0 and redis.call('EXISTS', key) == 1 then
-        if redis.call('INCRBY', key, val) < 0 and floor then
-          redis.call('SET', key, '0', 'KEEPTTL')
-        end
-      end
-      out[i] = 0
-    elseif kind == 'd' then
-      -- Members older than the window leave first; (now - win, now] is the exact window.
-      if win > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', now - win) end
-      if upd then
-        redis.call('ZADD', key, now, val)
-        redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
-        redis.call('PEXPIRE', key, ttl)
-      end
-      out[i] = redis.call('ZCARD', key)
-    elseif kind == 'f' or kind == 'q' then
-      if upd then
-        local mark = string.format('%d', now)
-        if kind == 'q' then mark = mark .. ':' .. val end
-        redis.call('SET', key, mark, 'NX')
-        redis.call('PEXPIRE', key, ttl)
-      end
-      local first = first_seen(key, kind == 'q' and win or 0)
-      if first then out[i] = now - first else out[i] = -1 end
-    elseif kind == 'v' or kind == 'c' then
-      -- Only the request's own mark: another request may have replaced a withdrawn one.
-      if redis.call('GET', key) == val then
-        if kind == 'v' then
-          redis.call('DEL', key)
-        else
-          redis.call('SET', key, string.match(val, '^(%d+)'), 'KEEPTTL')
-        end
-      end
-      out[i] = 0
-    elseif kind == 'l' then
-      local entry = redis.call('HGET', key, val)
-      local expires = entry and tonumber(string.match(entry, '^%d+'))
-      if expires and (expires == 0 or expires > now) then out[i] = 1 else out[i] = 0 end
-    else
-      redis.call('DEL', key)
-      out[i] = 0
-    end
+    out[#out + 1] = op(ARGV[a + 1], upd, ARGV[a + 3], tonumber(ARGV[a + 4]),
+                       tonumber(ARGV[a + 5]), ARGV[a + 6], KEYS[k])
+    a = a + 6
   end
 end
+__PLAN__
 return out
 """
 
-VELOCITY = Script(LUA.replace("__DISTINCT_CAP__", str(DISTINCT_CAP))
-                  .replace("__NUMBER_CAP__", str(NUMBER_CAP)))
+def script_text(plan: str = "") -> str:
+    """The script, with ``plan`` (Lua run after the batches, ``velocity_plan``) baked in."""
+    return (LUA.replace("__DISTINCT_CAP__", str(DISTINCT_CAP))
+            .replace("__NUMBER_CAP__", str(NUMBER_CAP)).replace("__PLAN__", plan))
+
+
+VELOCITY = Script(script_text())
 _MODE = {(False, False): "0", (True, False): "1", (True, True): "2"}
 
 
@@ -201,7 +213,7 @@ def script_call(claims: Sequence[tuple[str, int]], batches: Sequence[Batch]
                 ) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV for claims (key, ttl ms) and batches, in the layout ``script.py`` reads."""
     keys = [key for key, _ in claims]
-    args: list[str | int] = [len(claims), *(ttl for _, ttl in claims)]
+    args: list[str | int] = [len(claims), *(ttl for _, ttl in claims), 0]
     for batch in batches:
         has_marker = batch.marker is not None
         args += [_MODE[has_marker, batch.undo and has_marker], batch.marker_ttl_ms,
@@ -212,6 +224,7 @@ def script_call(claims: Sequence[tuple[str, int]], batches: Sequence[Batch]
             keys.append(op.key)
             args += [op.kind, "1" if op.update else "0", op.value,
                      op.window_ms, op.bucket_ms, op.ttl_ms]
+    args[len(claims) + 1] = len(args) - len(claims) - 2
     return keys, args
 
 
@@ -249,7 +262,11 @@ def merge(batches: Sequence[Batch]) -> tuple[list[Batch], list[tuple[int, int, i
 async def run_merged(client, claims: Sequence[tuple[str, int]], batches: Sequence[Batch]) -> Trip:
     """``run`` with the batches merged per marker kind (single server only)."""
     merged, where = merge(batches)
-    trip = await run(client, claims, merged)
+    return unmerge(await run(client, claims, merged), where)
+
+
+def unmerge(trip: Trip, where: list[tuple[int, int, int]]) -> Trip:
+    """The trip of merged batches as the trip of the batches ``merge`` was given."""
     if not trip.fresh:
         return trip
     return Trip(True, trip.now_ms, tuple(trip.applied[m] for m, _, _ in where),

@@ -13,6 +13,7 @@ from state.base import StateBackend
 from gateway.velocity.counters import PREFIX, CounterPlan, encode, member_digest
 from state.base import StateError
 from state.lists import member_op
+from state.velocity_plan import Layout, Slot
 from state.ops import (FIRST_SEEN, NUMBER, PROVISIONAL, PROVISIONAL_FIRST, Batch, Op, Trip,
                        confirm_of, tag_of, undo_of)
 from state.window import EVENT_TTL_S
@@ -113,6 +114,16 @@ class Velocity:
         self._confirms: list[Op] = []
         self._idle_flush: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task] = set()
+        # A single Redis server runs the counters as a script of this rule set's own.
+        self._layout = Layout(
+            [[Slot(plan.tag_open, plan.suffix, tuple(sep for _, sep in plan.rest),
+                   (PROVISIONAL_FIRST if plan.kind == FIRST_SEEN else PROVISIONAL)
+                   if provisional else plan.kind,
+                   "a" if provisional else "e",
+                   self._settle_ms if provisional and plan.kind == FIRST_SEEN else plan.window_ms,
+                   plan.bucket_ms, plan.ttl_ms)
+              for plan, provisional, _ in entries] for _, _, entries in self._observing],
+            PREFIX, self._event_ttl_ms) if backend.plans else None
 
     @property
     def allow_after_forward(self) -> bool:
@@ -128,6 +139,8 @@ class Velocity:
         ``event_id``), and reported without this request; call ``withdraw`` if the request is
         then not forwarded, ``record_allowed`` if it is. Raises StateError.
         """
+        if self._layout is not None:
+            return await self._observe_planned(attrs, event_id, claims)
         event, allowed = f"e:{encode(event_id)}", f"a:{encode(event_id)}"
         token = None
         members, batches, pending_index = [], [], []
@@ -144,10 +157,7 @@ class Velocity:
                 if is_provisional and plan.kind == FIRST_SEEN:
                     # The mark names this event, so that only its own withdrawal deletes it.
                     token = token or member_digest(event_id)
-                    op = plan.op(key, attrs, True, PROVISIONAL_FIRST)   # where: applies
-                    # Built anew: NamedTuple._replace costs ten times a constructor call.
-                    allow_ops.append((plan, Op(op.key, op.kind, op.update, token,
-                                               self._settle_ms, op.bucket_ms, op.ttl_ms)))
+                    allow_ops.append((plan, self._provisional_first(plan, key, attrs, token)))
                 elif is_provisional:
                     allow_ops.append((plan, plan.op(key, attrs, True, PROVISIONAL)))
                 else:
@@ -160,34 +170,114 @@ class Velocity:
                     batches.append(Batch(f"{base}:{marker}", self._event_ttl_ms,
                                          tuple(op for _, op in ops)))
         counted = len(batches)
-        read = []   # the membership attributes, in the order of their batches
-        for name, tested, list_name in self._memberships:
-            value = attrs.get(tested)
-            if isinstance(value, str):
-                read.append(name)
-                # One batch per read: its list's slot on a cluster; merged on one server.
-                batches.append(Batch(None, 0, (member_op(list_name, value),)))
+        read, lists = self._list_reads(attrs)
         # Earlier requests' confirmations go first, so that this request already reads them.
         # Lost with a failed call: an unconfirmed mark counts once the settle window is over.
         confirms = self._take_confirms()
-        trip: Trip = await self.backend.trip(claims, confirms + batches)
+        trip: Trip = await self.backend.trip(claims, confirms + batches + lists)
         if not trip.fresh:
-            self._confirms[:0] = [op for batch in confirms for op in batch.ops]   # nothing written
+            self._requeue(confirms)
             return Observation(False, {})
         skip = len(confirms)
         results = trip.results[skip:]
         features: dict[str, int | float | bool] = {}
         challenger: dict[str, int | float | bool] = {}
-        only = self._challenger_only
-        for name, values in zip(read, results[counted:]):
-            (challenger if name in self._challenger_reads else features)[name] = values[0] == 1
+        self._list_features(read, results[counted:], features, challenger)
         for ops, values in zip(members, results):
             for (plan, _), result in zip(ops, values):
-                value = plan.feature(result)
-                if value is not None:
-                    (challenger if id(plan) in only else features)[plan.spec.feature] = value
+                self._feature(plan, result, features, challenger)
         pending = tuple(batches[i] for i in pending_index if trip.applied[skip + i])
         return Observation(True, features, pending, trip.now_ms, challenger)
+
+    async def _observe_planned(self, attrs: dict, event_id: str,
+                               claims: Sequence[tuple[str, int]]) -> Observation:
+        """``observe_once`` through the rule set's own script (``state.velocity_plan``): the
+        request sends its entity values and updates, the script knows the rest."""
+        event = encode(event_id)
+        token = None
+        body: list[str] = []
+        present: list[CounterPlan] = []
+        pending: list[Batch] = []
+        markers = [None, None]    # the first entity's "e:" and "a:" markers that are needed
+        for name, tag_open, entries in self._observing:
+            value = attrs.get(name)
+            if value is None:
+                body.append("")
+                continue
+            entity = encode(value)
+            body.append("v" + entity)
+            base = f"{PREFIX}:{tag_open}{entity}}}"
+            allow_ops = []
+            for plan, is_provisional, on_attempt in entries:
+                extras = plan.extras(attrs) if plan.rest else ()
+                if extras is None:
+                    body.append("")
+                    continue
+                if not is_provisional:
+                    update, amount = plan.update(attrs, on_attempt)
+                    markers[0] = markers[0] or f"{base}:e:{event}"
+                else:
+                    # Built as the generic call would, for withdraw and confirm.
+                    key = plan.key_under(base, attrs)
+                    if plan.kind == FIRST_SEEN:
+                        token = token or member_digest(event_id)
+                        op = self._provisional_first(plan, key, attrs, token)
+                    else:
+                        op = plan.op(key, attrs, True, PROVISIONAL)
+                    allow_ops.append(op)
+                    update, amount = op.update, op.value
+                body.append(f"u{amount}" if update else "r")
+                body += extras
+                present.append(plan)
+            if allow_ops:
+                marker = f"{base}:a:{event}"
+                markers[1] = markers[1] or marker
+                pending.append(Batch(marker, self._event_ttl_ms, tuple(allow_ops)))
+        read, lists = self._list_reads(attrs)
+        confirms = self._take_confirms()
+        planned = await self.backend.planned(self._layout, claims, confirms + lists,
+                                             (markers[0], markers[1]), body)
+        trip = planned.trip
+        if not trip.fresh:
+            self._requeue(confirms)
+            return Observation(False, {})
+        features: dict[str, int | float | bool] = {}
+        challenger: dict[str, int | float | bool] = {}
+        self._list_features(read, trip.results[len(confirms):], features, challenger)
+        for plan, result in zip(present, planned.values):
+            self._feature(plan, result, features, challenger)
+        return Observation(True, features, tuple(pending) if planned.applied[1] else (),
+                           trip.now_ms, challenger)
+
+    def _provisional_first(self, plan: CounterPlan, key: str, attrs: dict, token: str) -> Op:
+        """The provisional first-seen mark: it names this event (only its own withdrawal
+        deletes it) and reads as absent for the settle window."""
+        update, _ = plan.update(attrs, True)     # where: applies
+        return Op(key, PROVISIONAL_FIRST, update, token, self._settle_ms, 0, plan.ttl_ms)
+
+    def _list_reads(self, attrs: dict) -> tuple[list[str], list[Batch]]:
+        """The membership attributes read for this request, and their batches (one per read:
+        its list's slot on a cluster; merged on one server)."""
+        read, batches = [], []
+        for name, tested, list_name in self._memberships:
+            value = attrs.get(tested)
+            if isinstance(value, str):
+                read.append(name)
+                batches.append(Batch(None, 0, (member_op(list_name, value),)))
+        return read, batches
+
+    def _list_features(self, read: list[str], results, features: dict, challenger: dict) -> None:
+        for name, values in zip(read, results):
+            (challenger if name in self._challenger_reads else features)[name] = values[0] == 1
+
+    def _feature(self, plan: CounterPlan, result: int, features: dict, challenger: dict) -> None:
+        value = plan.feature(result)
+        if value is not None:
+            (challenger if id(plan) in self._challenger_only else features)[plan.spec.feature] = value
+
+    def _requeue(self, confirms: list[Batch]) -> None:
+        """A refused call wrote nothing: its confirmations ride on the next one."""
+        self._confirms[:0] = [op for batch in confirms for op in batch.ops]
 
     def confirm(self, observation: Observation) -> None:
         """Make the provisional first-seen marks of a forwarded request final: queued for this

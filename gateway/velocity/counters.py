@@ -130,10 +130,15 @@ class CounterPlan:
         return "".join(parts)
 
     def op(self, key: str, attrs: dict, update: bool, kind: str | None = None) -> Op:
-        """The operation for one request; an update whose field is absent becomes a read.
+        """The operation for one request; ``kind`` overrides the plan's kind (PROVISIONAL for
+        an on: allow number)."""
+        update, value = self.update(attrs, update)
+        return Op(key, kind or self.kind, update, value, self.window_ms, self.bucket_ms,
+                  self.ttl_ms)
 
-        ``kind`` overrides the plan's kind (PROVISIONAL for an on: allow number). A
-        transaction the counter's ``where:`` leaves out only reads it."""
+    def update(self, attrs: dict, update: bool) -> tuple[bool, int | str]:
+        """Whether this request updates the counter, and by or with what: an update whose
+        field is absent becomes a read, and so does one the counter's ``where:`` leaves out."""
         if update and self.spec.where_expr is not None:
             update = self.spec.counts(attrs)
         value: int | str = 1
@@ -144,8 +149,17 @@ class CounterPlan:
             member = attrs.get(self.spec.field)
             update = update and member is not None
             value = member_digest(member) if member is not None else ""
-        return Op(key, kind or self.kind, update, value, self.window_ms, self.bucket_ms,
-                  self.ttl_ms)
+        return update, value
+
+    def extras(self, attrs: dict) -> list[str] | None:
+        """The encoded values of the further key attributes, or None when one is absent."""
+        values = []
+        for name, _ in self.rest:
+            value = attrs.get(name)
+            if value is None:
+                return None
+            values.append(encode(value))
+        return values
 
     def reset(self, key: str) -> Op:
         return Op(key, RESET, True, "", 0, 0, 0)
