@@ -36,7 +36,9 @@ _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 
 def _lua(text: str) -> str:
     """``text`` as a Lua string literal (names come from rule files: escape the rest)."""
-    return "'" + "".join(c if c in _SAFE else "".join(f"\\{b}" for b in c.encode())
+    # Three digits each: Lua reads up to three after a backslash, so a shorter escape
+    # followed by a digit would be read as another byte.
+    return "'" + "".join(c if c in _SAFE else "".join(f"\\{b:03d}" for b in c.encode())
                          for c in text) + "'"
 
 

@@ -83,3 +83,11 @@ def test_the_planned_script_counts_as_the_generic_call(redis_server):
     db0, db1 = (redis_py.Redis.from_url(f"{base}/{n}") for n in (0, 1))
     assert _contents(db0) == _contents(db1)
     assert len(_contents(db0)) > 50
+
+
+def test_names_reach_the_script_exactly_whatever_their_characters(redis_server):
+    from state.velocity_plan import _lua
+
+    client = redis_py.Redis.from_url(redis_server.url)
+    text = "name 1'\"\\]]--ä9\x01\x7f" + "".join(chr(c) for c in range(32, 127))
+    assert client.eval(f"return {_lua(text)}", 0).decode() == text
