@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client import multiprocess
 
-from auth.admin import setup_admin
+from auth.admin import route, setup_admin
 from auth.audit import ADMIN_ACTOR
 from gateway.lists import admin_routes
 from gateway import __version__
@@ -137,12 +137,12 @@ def build_admin_app(services, admin_token: str | None) -> web.Application:
     async def openapi(_):
         return web.Response(body=_OPENAPI.read_bytes(), content_type="application/yaml")
 
-    app.router.add_get("/admin/openapi.yaml", openapi)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_post("/admin/rules/reload", reload_rules)
-    app.router.add_routes(admin_routes(services.list_admin, ADMIN_ACTOR))
+    app.router.add_routes([route("GET", "/admin/openapi.yaml", openapi),
+                           route("GET", "/healthz", healthz),
+                           route("GET", "/readyz", readyz),
+                           route("GET", "/metrics", metrics),
+                           route("POST", "/admin/rules/reload", reload_rules),
+                           *admin_routes(services.list_admin, ADMIN_ACTOR)])
     # Credential endpoints and the bearer check that guards every /admin/ path.
     setup_admin(app, services.credentials, admin_token, totp=services.stepup.totp)
     return app

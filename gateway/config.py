@@ -314,6 +314,10 @@ class RouteConfig(_Strict):
             raise ValueError("not a URL (expected http://host:port)")
         if parts.query or parts.fragment:
             raise ValueError("an upstream is scheme://host[:port][/path], without ? or #")
+        if parts.username is not None or parts.password is not None:
+            # The forwarder sends no credentials of its own: a user:password here would be
+            # silently dropped (the client's own Authorization header passes through).
+            raise ValueError("an upstream URL carries no credentials (user:password@)")
         return value.rstrip("/")
 
     @field_validator("upstream_ca_file")

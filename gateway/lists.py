@@ -19,6 +19,7 @@ from typing import TextIO
 
 from aiohttp import web
 
+from auth.admin import route
 from metrics.definitions import LIST_CHANGES, LIST_REFUSED
 from rules.counters import parse_window
 from state.base import StateError
@@ -143,9 +144,9 @@ def admin_routes(admin: ListAdmin, actor: str) -> list[web.RouteDef]:
                                      reason=data.get("reason"))
         return {"list": name, "removed": removed}
 
-    return [web.get("/admin/lists/{name}", answer(show)),
-            web.post("/admin/lists/{name}", answer(add)),
-            web.delete("/admin/lists/{name}", answer(remove))]
+    return [route("GET", "/admin/lists/{name}", answer(show)),
+            route("POST", "/admin/lists/{name}", answer(add)),
+            route("DELETE", "/admin/lists/{name}", answer(remove))]
 
 
 def _when(ts: float | None) -> str:

@@ -43,6 +43,10 @@ _AMBIGUOUS = re.compile(r"(?:^|/)\.{1,2}(?:/|$)|//|%2e|%2f|%5c|\\", re.IGNORECAS
 def check_path(raw_path: str) -> None:
     """Refuse a request path that could be resolved to another route than the one it matches,
     and a query that overrides the method at the upstream."""
+    if "#" in raw_path:
+        # Not part of a request target (RFC 9112 §3.2): the router never sees it, and an
+        # upstream could take it as part of the path or the query.
+        raise InvalidRequest("path: a fragment (#) is not accepted in a request")
     path, _, query = raw_path.partition("?")
     if _AMBIGUOUS.search(path):
         raise InvalidRequest("path: dot-segments, empty segments and encoded dots or slashes "

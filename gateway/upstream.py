@@ -122,8 +122,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if not self._busy:
-            # Bytes nobody asked for, on an idle connection: it is out of step, never reused.
+        if not self._busy or self.complete:
+            # Bytes nobody asked for (on an idle connection, or after the answer ended): the
+            # connection is out of step and is never reused; the answer already read stands.
             self.transport.abort()
             return
         self._last_data = self._loop.time()
@@ -144,6 +145,12 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamBroken("the upstream closed the connection"))
 
     # ----- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # A second answer in the same read: it answers nothing we sent (raising stops the
+            # parser here, and the connection is dropped).
+            raise UpstreamBroken("the upstream sent more than one answer")
+
     def on_status(self, reason: bytes) -> None:
         self.reason = reason.decode("utf-8", "surrogateescape")
 
@@ -157,14 +164,24 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self._has_head = True
-        framed = any(name.lower() in (b"content-length", b"transfer-encoding")
-                     for name, _ in self._raw_headers)
-        self._until_eof = not framed and status not in (204, 304)
+        self._until_eof = status not in (204, 304) and not self._framed()
         if self._head_only:
             # llhttp would wait for the body the headers announce; HEAD has none.
             self.complete = True
             self._stop_reading()
         self._wake()
+
+    def _framed(self) -> bool:
+        """Whether the answer says where its body ends: a length, or chunked as the last
+        transfer coding; else the close does (RFC 9112 §6.3)."""
+        codings = b""
+        for name, value in self._raw_headers:
+            name = name.lower()
+            if name == b"content-length":
+                return True
+            if name == b"transfer-encoding":
+                codings = value
+        return codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
     def on_body(self, chunk: bytes) -> None:
         if self._head_only:
@@ -195,7 +212,7 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _fail(self, error: BaseException) -> None:
-        if self._error is None and not self.complete:
+        if self._error is None and not (self.complete and self._has_head):
             self._error = error
         if self.transport is not None:
             self.transport.abort()
@@ -208,7 +225,7 @@ class _Connection(asyncio.Protocol):
 
     def _check_idle(self) -> None:
         self._timer = None
-        if self.complete or self._error is not None:
+        if (self.complete and self._has_head) or self._error is not None:
             return
         now = self._loop.time()
         if self._paused:
@@ -265,9 +282,12 @@ class _Connection(asyncio.Protocol):
                            for name, value in self._raw_headers)
 
     def reusable(self) -> bool:
+        # Not while part of the request is still unsent (an upstream may answer before
+        # reading a whole body): the next request would queue behind it.
         return (self.complete and self._error is None and not self._head_only
                 and not self._until_eof and self.transport is not None
-                and not self.transport.is_closing() and self._keep_alive)
+                and not self.transport.is_closing() and self._keep_alive
+                and self.transport.get_write_buffer_size() == 0)
 
     def finished(self) -> None:
         self._busy = False

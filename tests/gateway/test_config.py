@@ -38,6 +38,12 @@ def test_errors_name_their_key_path_and_are_all_reported():
     assert any(line.startswith("limits.max_body_bytes: ") for line in lines)
 
 
+def test_an_upstream_url_with_credentials_is_refused():
+    lines = errors_of({"routes": [{**ROUTE, "upstream": "https://svc:s3cret@pay.internal"}]})
+    assert lines == ["routes[0].upstream: an upstream URL carries no credentials (user:password@)"]
+    assert "s3cret" not in " ".join(lines)
+
+
 def test_unknown_top_level_and_nested_keys_are_errors():
     assert errors_of({"listne": "x"}) == ["listne: unknown key"]
     assert errors_of({"auth": {"totp": {"digit": 6}}}) == ["auth.totp.digit: unknown key"]

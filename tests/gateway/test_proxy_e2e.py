@@ -234,7 +234,8 @@ def _slow_in_flight(upstream) -> int:
 
 
 @pytest.mark.parametrize("path", ["/v1/accounts/../v1/payments", "/v1/accounts/%2e%2e/payments",
-                                  "/dead/..%2fv1/payments", "/accounts//x", "/a/./b"])
+                                  "/dead/..%2fv1/payments", "/accounts//x", "/a/./b",
+                                  "/v1/payments#x", "/v1/payments?a=1#/../accounts"])
 def test_ambiguous_paths_are_refused_before_routing(gateway, upstream, path):
     import http.client
     upstream.clear()

@@ -228,3 +228,93 @@ def test_a_line_break_in_a_header_is_refused_before_anything_is_sent():
             return server.requests
 
     assert run(main()) == []
+
+
+def test_bytes_after_the_answer_are_never_a_next_answer():
+    second = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\nSECRET"
+    partial = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nPRIOR"
+
+    async def trailing(extra):
+        async def answer(writer):
+            writer.write(OK + extra)      # one read: the answer and what follows it
+            await writer.drain()
+        return answer
+
+    async def later(writer):
+        writer.write(OK)
+        await writer.drain()
+        await asyncio.sleep(0.1)          # a read of its own, after the answer ended
+        writer.write(partial)
+        await writer.drain()
+
+    async def main():
+        got = []
+        client = UpstreamClient(1)
+        for answer in (await trailing(second), await trailing(partial), later):
+            async with Scripted(answer, OK) as server:
+                got.append(await _get(client, server))
+                await asyncio.sleep(0.2)
+                # The connection was dropped: the next request gets a connection of its own
+                # and its own answer, in time.
+                got.append(await _get(client, server))
+                got.append(server.connections)
+        await client.close()
+        return got
+
+    got = run(main())
+    for first, after, connections in zip(got[::3], got[1::3], got[2::3]):
+        assert first == (200, CIMultiDict({"Content-Length": "2"}), b"ok")
+        assert after[2] == b"ok" and connections == 2
+
+
+@pytest.mark.parametrize("framing, body", [
+    (b"Transfer-Encoding: gzip\r\n", b"until close"),        # not chunked: ends at the close
+    (b"Transfer-Encoding: gzip, chunked\r\n", None),         # chunked last: framed
+])
+def test_a_transfer_coding_frames_the_answer_only_when_chunked_is_last(framing, body):
+    async def answer(writer):
+        if body is None:
+            writer.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n5\r\nhello\r\n0\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n" + body)
+            await writer.drain()
+            writer.close()
+        await writer.drain()
+
+    async def main():
+        async with Scripted(answer) as server:
+            client = UpstreamClient(2)
+            got = await _get(client, server)
+            await client.close()
+            return got
+
+    assert run(main())[2] == (body or b"hello")
+
+
+def test_a_connection_whose_request_is_still_being_sent_is_not_reused():
+    connections = []
+
+    async def early(reader, writer):
+        # Answers as soon as the head is in, before reading the body (as a 401 may).
+        connections.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)
+        await writer.drain()
+        await asyncio.sleep(2)
+
+    async def main():
+        server = await asyncio.start_server(early, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        client = UpstreamClient(2)
+        origin = client.origin(url, None)
+        answer = await client.send(origin, "POST", "/", CIMultiDict(), b"x" * (16 << 20))
+        assert await answer.read() == b"ok"
+        answer.release()
+        # Its body is still in the write buffer: a next request must not queue behind it.
+        second = await client.send(origin, "GET", "/", CIMultiDict(), b"")
+        second.release()
+        await client.close()
+        server.close()
+        return len(connections)
+
+    assert run(main()) == 2

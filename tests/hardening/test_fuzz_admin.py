@@ -8,6 +8,7 @@ run of refused calls.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,17 @@ def test_refused_admin_calls_change_nothing(admin_gateway):
                              timeout=5)
         assert 400 <= r.status_code < 500, (path, r.status_code, r.text)
     assert listing() == before
+
+
+def test_an_unknown_expectation_is_ignored_and_100_continue_answered(admin_gateway):
+    import http.client
+    from urllib.parse import urlsplit
+
+    address = urlsplit(admin_gateway.admin)
+    for expect, status in (("egmB", 200), ("100-continue", 200)):
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=5)
+        connection.request("GET", "/admin/credentials", headers={**AUTH, "Expect": expect})
+        answer = connection.getresponse()
+        body = json.loads(answer.read())
+        connection.close()
+        assert answer.status == status and "credentials" in body, (expect, answer.status)
