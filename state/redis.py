@@ -122,8 +122,11 @@ class RedisBackend(StateBackend):
         await self.ping()
         if not self.cluster:
             # Rule sets run scripts of their own (velocity_plan); the generic one serves
-            # pass-through claims and settling. Loaded now, their first call needs no EVAL.
-            await self._command("script", ("SCRIPT", "LOAD", velocity_script.VELOCITY.text))
+            # pass-through claims and settling. Run once now with nothing to do (EVALSHA, or
+            # EVAL when not cached: the commands the gateway needs anyway), so that their
+            # first call needs no EVAL.
+            await self._direct("script", lambda: velocity_script.VELOCITY.run(
+                self._lane, [], [0, 0]))
 
     async def close(self) -> None:
         try:
