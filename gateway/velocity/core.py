@@ -199,6 +199,7 @@ class Velocity:
         present: list[CounterPlan] = []
         pending: list[Batch] = []
         markers = [None, None]    # the first entity's "e:" and "a:" markers that are needed
+        memo: dict = {}
         for name, tag_open, entries in self._observing:
             value = attrs.get(name)
             if value is None:
@@ -214,7 +215,7 @@ class Velocity:
                     body.append("")
                     continue
                 if not is_provisional:
-                    update, amount = plan.update(attrs, on_attempt)
+                    update, amount = plan.update(attrs, on_attempt, memo)
                     markers[0] = markers[0] or f"{base}:e:{event}"
                 else:
                     # Built as the generic call would, for withdraw and confirm.
@@ -223,7 +224,7 @@ class Velocity:
                         token = token or member_digest(event_id)
                         op = self._provisional_first(plan, key, attrs, token)
                     else:
-                        op = plan.op(key, attrs, True, PROVISIONAL)
+                        op = plan.op(key, attrs, True, PROVISIONAL, memo)
                     allow_ops.append(op)
                     update, amount = op.update, op.value
                 body.append(f"u{amount}" if update else "r")
@@ -273,7 +274,7 @@ class Velocity:
     def _feature(self, plan: CounterPlan, result: int, features: dict, challenger: dict) -> None:
         value = plan.feature(result)
         if value is not None:
-            (challenger if id(plan) in self._challenger_only else features)[plan.spec.feature] = value
+            (challenger if id(plan) in self._challenger_only else features)[plan.feature_name] = value
 
     def _requeue(self, confirms: list[Batch]) -> None:
         """A refused call wrote nothing: its confirmations ride on the next one."""

@@ -66,6 +66,7 @@ class CounterPlan:
     rest: tuple[tuple[str, str], ...]
     is_sum: bool
     is_distinct: bool
+    feature_name: str   # the rule attribute (CounterSpec.feature, formatted once)
 
     @property
     def identity(self) -> tuple:
@@ -105,7 +106,7 @@ class CounterPlan:
             rest += (CLIENT_KEY,)
         return cls(spec, kind, window_ms, width, ttl, suffix, "{" + f"{spec.key[0]}=",
                    tuple((n, f":{n}=") for n in rest), spec.aggregate == "sum",
-                   spec.aggregate == "distinct")
+                   spec.aggregate == "distinct", spec.feature)
 
     def tag_and_key(self, attrs: dict) -> tuple[str, str] | None:
         """(hash tag, key) for these attributes, or None when a key attribute is absent."""
@@ -129,27 +130,37 @@ class CounterPlan:
             parts += (separator, encode(value))
         return "".join(parts)
 
-    def op(self, key: str, attrs: dict, update: bool, kind: str | None = None) -> Op:
+    def op(self, key: str, attrs: dict, update: bool, kind: str | None = None,
+           memo: dict | None = None) -> Op:
         """The operation for one request; ``kind`` overrides the plan's kind (PROVISIONAL for
-        an on: allow number)."""
-        update, value = self.update(attrs, update)
+        an on: allow number); ``memo`` as for ``update``."""
+        update, value = self.update(attrs, update, memo)
         return Op(key, kind or self.kind, update, value, self.window_ms, self.bucket_ms,
                   self.ttl_ms)
 
-    def update(self, attrs: dict, update: bool) -> tuple[bool, int | str]:
+    def update(self, attrs: dict, update: bool, memo: dict | None = None
+               ) -> tuple[bool, int | str]:
         """Whether this request updates the counter, and by or with what: an update whose
-        field is absent becomes a read, and so does one the counter's ``where:`` leaves out."""
+        field is absent becomes a read, and so does one the counter's ``where:`` leaves out.
+        ``memo``, one request's own dict, keeps each field's scaled amount and member digest
+        for the next counter on the same field (three sums and three distinct counters share
+        a field in the shipped pack)."""
         if update and self.spec.where_expr is not None:
             update = self.spec.counts(attrs)
-        value: int | str = 1
-        if self.is_sum:
-            value = scaled_amount(attrs.get(self.spec.field)) or 0
-            update = update and value != 0
-        elif self.is_distinct:
-            member = attrs.get(self.spec.field)
-            update = update and member is not None
-            value = member_digest(member) if member is not None else ""
-        return update, value
+        if not (self.is_sum or self.is_distinct):
+            return update, 1
+        field = self.spec.field
+        slot = (self.is_sum, field)
+        value = memo.get(slot) if memo is not None else None
+        if value is None:
+            member = attrs.get(field)
+            if self.is_sum:
+                value = scaled_amount(member) or 0
+            else:
+                value = member_digest(member) if member is not None else ""
+            if memo is not None:
+                memo[slot] = value
+        return update and value != 0 and value != "", value
 
     def extras(self, attrs: dict) -> list[str] | None:
         """The encoded values of the further key attributes, or None when one is absent."""
@@ -168,6 +179,6 @@ class CounterPlan:
         """The rule attribute for a script result (None = absent)."""
         if self.kind == FIRST_SEEN:
             return None if result == ABSENT else result // 1000
-        if self.spec.aggregate == "sum":
+        if self.is_sum:
             return result / SUM_SCALE
         return result
