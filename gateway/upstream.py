@@ -7,8 +7,9 @@ back), costs ~20 µs (docs/performance.md). Parsing stays a maintained C parser'
 llhttp: the parser of Node.js); what is ours is the connection handling around it:
 
 * one pool of idle connections per upstream origin (and TLS context), last in first out, an
-  idle connection closed after ``IDLE_S``; a connection is reused only after an answer read to
-  its end that allows keep-alive, and never one its server has closed;
+  idle connection closed after ``IDLE_S``, or a second before the server said it would close
+  it (``Keep-Alive: timeout=N``, Node.js sends 5 s); a connection is reused only after an
+  answer read to its end that allows keep-alive, and never one its server has closed;
 * a request is written once and never retried: a payment must not be submitted twice;
 * ``timeout_s`` bounds the connect, and then every wait for the upstream's next bytes (as
   aiohttp's ``sock_read``): TimeoutError, as a connect timeout;
@@ -23,6 +24,7 @@ llhttp: the parser of Node.js); what is ours is the connection handling around i
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 IDLE_S = 30.0
+_KEEP_ALIVE_TIMEOUT = re.compile(rb"(?i)(?:^|[,;\s])timeout\s*=\s*(\d+)")
 HIGH_WATER = 256 * 1024
 # Methods whose request has a body by definition: an empty one is sent as Content-Length: 0.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -95,7 +98,7 @@ class _Connection(asyncio.Protocol):
         self._timeout_s = timeout_s
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
-        self.idle_since = 0.0
+        self.idle_until = 0.0
         self._busy = False
         self._reset_answer(head_only=False)
 
@@ -289,6 +292,17 @@ class _Connection(asyncio.Protocol):
                 and not self.transport.is_closing() and self._keep_alive
                 and self.transport.get_write_buffer_size() == 0)
 
+    def idle_limit_s(self) -> float:
+        """How long the connection may wait in the pool: IDLE_S, or a second less than the
+        server's own keep-alive timeout, so that it is not reused just as the server closes it
+        (that request would fail: it is never retried)."""
+        for name, value in self._raw_headers:
+            if name.lower() == b"keep-alive":
+                found = _KEEP_ALIVE_TIMEOUT.search(value)
+                if found:
+                    return max(0.0, min(IDLE_S, int(found.group(1)) - 1.0))
+        return IDLE_S
+
     def finished(self) -> None:
         self._busy = False
         if self._timer is not None:
@@ -366,10 +380,13 @@ class UpstreamClient:
 
     def _reuse(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get((origin.host, origin.port, origin.tls))
+        now = asyncio.get_running_loop().time()
         while idle:
             connection = idle.pop()
-            if connection.transport is not None and not connection.transport.is_closing():
+            if (connection.idle_until > now and connection.transport is not None
+                    and not connection.transport.is_closing()):
                 return connection
+            self._discard(connection)
         return None
 
     async def _connect(self, origin: Origin) -> _Connection:
@@ -386,7 +403,7 @@ class UpstreamClient:
             self._discard(connection)
             return
         loop = asyncio.get_running_loop()
-        connection.idle_since = loop.time()
+        connection.idle_until = loop.time() + connection.idle_limit_s()
         self._idle.setdefault((origin.host, origin.port, origin.tls), []).append(connection)
         if self._sweeper is None:
             self._sweeper = loop.call_later(IDLE_S, self._sweep)
@@ -398,13 +415,13 @@ class UpstreamClient:
             connection.transport.abort()
 
     def _sweep(self) -> None:
-        """Close connections idle for IDLE_S; runs while any connection is idle."""
+        """Close connections idle past their limit; runs while any connection is idle."""
         self._sweeper = None
         loop = asyncio.get_running_loop()
-        oldest = loop.time() - IDLE_S
+        now = loop.time()
         for idle in self._idle.values():
-            stale = [c for c in idle if c.idle_since <= oldest]
-            idle[:] = [c for c in idle if c.idle_since > oldest]
+            stale = [c for c in idle if c.idle_until <= now]
+            idle[:] = [c for c in idle if c.idle_until > now]
             for connection in stale:
                 self._discard(connection)
         if any(self._idle.values()):

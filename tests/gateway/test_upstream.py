@@ -318,3 +318,22 @@ def test_a_connection_whose_request_is_still_being_sent_is_not_reused():
         return len(connections)
 
     assert run(main()) == 2
+
+
+def test_a_connection_is_not_kept_past_the_servers_keep_alive_timeout():
+    short = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1, max=100\r\nContent-Length: 2\r\n\r\nok"
+    long = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=60\r\nContent-Length: 2\r\n\r\nok"
+
+    async def main():
+        client = UpstreamClient(2)
+        counts = []
+        for first in (short, long):
+            async with Scripted(first, OK) as server:
+                await _get(client, server)
+                await _get(client, server)
+                counts.append(server.connections)
+        await client.close()
+        return counts
+
+    # timeout=1 leaves no time to reuse it (a second less); 60 is kept (for IDLE_S).
+    assert run(main()) == [2, 1]
