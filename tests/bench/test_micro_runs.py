@@ -23,3 +23,11 @@ def test_the_velocity_call_benchmark_runs():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("velocity call, client side: ")
+
+
+def test_the_forwarding_client_benchmark_runs():
+    result = subprocess.run([sys.executable, "-m", "bench.upstream_cpu", "320"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("aiohttp ClientSession: ") and lines[1].startswith("gateway.upstream: ")
