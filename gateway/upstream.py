@@ -111,6 +111,7 @@ class _Connection(asyncio.Protocol):
         self._has_head = False
         self.complete = False
         self._keep_alive = False
+        self.idle_limit_s = IDLE_S   # how long the connection may wait in the pool after it
         self._until_eof = False
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -167,24 +168,30 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self._has_head = True
-        self._until_eof = status not in (204, 304) and not self._framed()
-        if self._head_only:
-            # llhttp would wait for the body the headers announce; HEAD has none.
-            self.complete = True
-            self._stop_reading()
-        self._wake()
-
-    def _framed(self) -> bool:
-        """Whether the answer says where its body ends: a length, or chunked as the last
-        transfer coding; else the close does (RFC 9112 §6.3)."""
-        codings = b""
+        # One pass over the headers: the framing, and how long the server keeps the
+        # connection (``idle_limit_s``).
+        length, codings = False, b""
         for name, value in self._raw_headers:
             name = name.lower()
             if name == b"content-length":
-                return True
-            if name == b"transfer-encoding":
+                length = True
+            elif name == b"transfer-encoding":
                 codings = value
-        return codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            elif name == b"keep-alive" and (found := _KEEP_ALIVE_TIMEOUT.search(value)):
+                # A second less than the server's own timeout, so that the connection is not
+                # reused just as the server closes it (that request would fail: no retry).
+                self.idle_limit_s = max(0.0, min(IDLE_S, int(found.group(1)) - 1.0))
+        # Where the body ends: a length, or chunked as the last transfer coding; else the
+        # close does (RFC 9112 §6.3).
+        framed = length or codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        self._until_eof = status not in (204, 304) and not framed
+        if self._head_only:
+            # llhttp would wait for the body the headers announce; HEAD has none. The
+            # parser is out of step with the stream now: the connection is never reused.
+            self.complete = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+        self._wake()
 
     def on_body(self, chunk: bytes) -> None:
         if self._head_only:
@@ -208,14 +215,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     # ----- the request's side -----------------------------------------------------------------
-    def _stop_reading(self) -> None:
-        # The parser is out of step with the stream now: the connection is never reused.
-        self._until_eof = False
-        if self.transport is not None:
-            self.transport.pause_reading()
-
     def _fail(self, error: BaseException) -> None:
-        if self._error is None and not (self.complete and self._has_head):
+        if self._error is None and not self.complete:
             self._error = error
         if self.transport is not None:
             self.transport.abort()
@@ -228,7 +229,7 @@ class _Connection(asyncio.Protocol):
 
     def _check_idle(self) -> None:
         self._timer = None
-        if (self.complete and self._has_head) or self._error is not None:
+        if self.complete or self._error is not None:
             return
         now = self._loop.time()
         if self._paused:
@@ -291,17 +292,6 @@ class _Connection(asyncio.Protocol):
                 and not self._until_eof and self.transport is not None
                 and not self.transport.is_closing() and self._keep_alive
                 and self.transport.get_write_buffer_size() == 0)
-
-    def idle_limit_s(self) -> float:
-        """How long the connection may wait in the pool: IDLE_S, or a second less than the
-        server's own keep-alive timeout, so that it is not reused just as the server closes it
-        (that request would fail: it is never retried)."""
-        for name, value in self._raw_headers:
-            if name.lower() == b"keep-alive":
-                found = _KEEP_ALIVE_TIMEOUT.search(value)
-                if found:
-                    return max(0.0, min(IDLE_S, int(found.group(1)) - 1.0))
-        return IDLE_S
 
     def finished(self) -> None:
         self._busy = False
@@ -403,7 +393,7 @@ class UpstreamClient:
             self._discard(connection)
             return
         loop = asyncio.get_running_loop()
-        connection.idle_until = loop.time() + connection.idle_limit_s()
+        connection.idle_until = loop.time() + connection.idle_limit_s
         self._idle.setdefault((origin.host, origin.port, origin.tls), []).append(connection)
         if self._sweeper is None:
             self._sweeper = loop.call_later(IDLE_S, self._sweep)

@@ -60,9 +60,8 @@ class Layout:
     """Slots grouped by entity (in request order), and the script they make."""
 
     def __init__(self, groups: Sequence[Sequence[Slot]], prefix: str, marker_ttl_ms: int):
-        self.groups = tuple(tuple(g) for g in groups)
         rows = []
-        for group in self.groups:
+        for group in groups:
             for i, s in enumerate(group):
                 rows.append("{%s, %s, %s, {%s}, '%s', '%s', %d, %d, %d}" % (
                     "true" if i == 0 else "false", _lua(f"{prefix}:{s.tag_open}"),

@@ -115,15 +115,26 @@ class Velocity:
         self._idle_flush: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task] = set()
         # A single Redis server runs the counters as a script of this rule set's own.
-        self._layout = Layout(
-            [[Slot(plan.tag_open, plan.suffix, tuple(sep for _, sep in plan.rest),
-                   (PROVISIONAL_FIRST if plan.kind == FIRST_SEEN else PROVISIONAL)
-                   if provisional else plan.kind,
-                   "a" if provisional else "e",
-                   self._settle_ms if provisional and plan.kind == FIRST_SEEN else plan.window_ms,
-                   plan.bucket_ms, plan.ttl_ms)
-              for plan, provisional, _ in entries] for _, _, entries in self._observing],
-            PREFIX, self._event_ttl_ms) if backend.plans else None
+        self._layout = self._plan_layout() if backend.plans else None
+
+    def _plan_layout(self) -> Layout:
+        """The counters as ``state.velocity_plan`` bakes them into a script: in the order
+        ``_observe_planned`` sends them, each as the generic call would describe its operation
+        (a provisional first-seen reads as absent for the settle window)."""
+        groups = []
+        for _, _, entries in self._observing:
+            slots = []
+            for plan, provisional, _ in entries:
+                kind, window_ms = plan.kind, plan.window_ms
+                if provisional and plan.kind == FIRST_SEEN:
+                    kind, window_ms = PROVISIONAL_FIRST, self._settle_ms
+                elif provisional:
+                    kind = PROVISIONAL
+                slots.append(Slot(plan.tag_open, plan.suffix, tuple(s for _, s in plan.rest),
+                                  kind, "a" if provisional else "e", window_ms, plan.bucket_ms,
+                                  plan.ttl_ms))
+            groups.append(slots)
+        return Layout(groups, PREFIX, self._event_ttl_ms)
 
     @property
     def allow_after_forward(self) -> bool:
@@ -210,7 +221,7 @@ class Velocity:
             base = f"{PREFIX}:{tag_open}{entity}}}"
             allow_ops = []
             for plan, is_provisional, on_attempt in entries:
-                extras = plan.extras(attrs) if plan.rest else ()
+                extras = plan.extras(attrs)
                 if extras is None:
                     body.append("")
                     continue
@@ -219,7 +230,7 @@ class Velocity:
                     markers[0] = markers[0] or f"{base}:e:{event}"
                 else:
                     # Built as the generic call would, for withdraw and confirm.
-                    key = plan.key_under(base, attrs)
+                    key = plan.key_with(base, extras)
                     if plan.kind == FIRST_SEEN:
                         token = token or member_digest(event_id)
                         op = self._provisional_first(plan, key, attrs, token)

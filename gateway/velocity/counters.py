@@ -120,15 +120,15 @@ class CounterPlan:
     def key_under(self, base: str, attrs: dict) -> str | None:
         """The key below ``base`` (``txv:{tag}``, from the first key attribute), or None when
         another key attribute is absent."""
-        if not self.rest:
+        extras = self.extras(attrs)
+        return None if extras is None else self.key_with(base, extras)
+
+    def key_with(self, base: str, extras: list[str]) -> str:
+        """The key below ``base`` for the encoded further key values ``extras``."""
+        if not extras:
             return base + self.suffix
-        parts = [base, self.suffix]
-        for name, separator in self.rest:
-            value = attrs.get(name)
-            if value is None:
-                return None
-            parts += (separator, encode(value))
-        return "".join(parts)
+        return "".join([base, self.suffix,
+                        *(separator + value for (_, separator), value in zip(self.rest, extras))])
 
     def op(self, key: str, attrs: dict, update: bool, kind: str | None = None,
            memo: dict | None = None) -> Op:
