@@ -26,11 +26,25 @@ import orjson
 # which see no Python source for an extension), as this module importing its own package.
 dre = importlib.import_module("rules.durable_rules_engine")
 EngineError = dre.error
-# What the engine's error codes mean, where a rule author can act on it (rules.h).
+# What the engine's error codes mean, where a rule author can act on it (rules.h). 113 is
+# one rule's; the others are the whole set's (the limits of the patched build,
+# docs/durable-rules.md).
 _CODES = {
     "113": "the condition is too large for the engine: more than 31 comparisons and "
            "connectives in one of its branches once every `not` is pushed down",
+    "106": "too many rules for the engine: more than 1,024 different comparisons follow "
+           "the same point of the rules' conditions (every rule's first comparison follows "
+           "the same point)",
+    "107": "too many rules for the engine: more than 127 branches test that an attribute is "
+           "absent at the same point of the rules' conditions (a negated comparison adds one)",
+    "108": "too many rules for the engine: more than 255 rules end with the same comparison",
 }
+
+
+def meaning(exc: Exception) -> str:
+    """The engine's error as a rule author reads it: what its code means, where we know."""
+    code = str(exc).rsplit(" ", 1)[-1]
+    return f"{_CODES[code]}, error {code}" if code in _CODES else str(exc)
 
 GUARD_FIELD = "tx_id"
 GUARD = {"$ex": {GUARD_FIELD: 1}}
@@ -96,8 +110,7 @@ def refusal(condition: dict) -> str | None:
     try:
         handle = dre.create_ruleset("txgate_probe_%d" % next(_versions), to_json(definitions({"probe": condition})))
     except dre.error as e:
-        code = str(e).rsplit(" ", 1)[-1]
-        return f"{_CODES[code]}, error {code}" if code in _CODES else str(e)
+        return meaning(e)
     dre.delete_ruleset(handle)   # no session was created: nothing else to free
     return None
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from rules.compiler import FALSE, TRUE, CompileError, compile_expr, key
 from rules.counters import CounterSpec, counter_from_dict
 from rules.decision import ACTIONS, DEFAULT_THRESHOLDS
-from rules.engine import EngineError, refusal
+from rules.engine import EngineError, meaning, refusal
 from rules.expressions import ExpressionError, LiveList, Matches, expr_attrs, parse_when, walk
 from rules.kinds import BUILTINS, TYPE_KIND, KindChecker
 from rules.ruleset import Rule, RuleSet
@@ -288,7 +288,8 @@ def _engine_refusals(rules: list[Rule], exc: Exception) -> list[str]:
     whole set was refused, so a set the engine takes pays nothing for it."""
     refused = [f"{rule.file}:{rule.line}: rule {rule.id}: {why}; split it into smaller rules"
                for rule in rules if (why := refusal(rule.condition)) is not None]
-    return refused or [f"{rules[0].file if rules else 'rules'}:1: the engine refused the rule set ({exc})"]
+    return refused or [f"{rules[0].file if rules else 'rules'}:1: the engine refused the rule set "
+                       f"({meaning(exc)})"]
 
 
 def unchecked_attributes(rs: RuleSet) -> dict[str, str | None]:

@@ -90,6 +90,19 @@ def test_more_than_1024_decisions_reuse_one_session(ruleset):
         assert fired(rs, {"a": i % 3}) == ({"R0"} if i % 3 == 2 else {"R1"})
 
 
+def test_a_thousand_rules_on_one_attribute_load_and_decide_exactly(ruleset):
+    # Every rule's first comparison is a child of the same engine node, found through its
+    # hash set of children; `a = 5000` matches all of them at once. Built as upstream ships
+    # it, the set held 512 children (every probe started in its first 32 slots) and a fact
+    # matching more than 64 nodes at once failed with error 303 (the 500-rule bench pack and
+    # a payment of 20,000). Patched (docs/durable-rules.md): 1,024 children spread over all
+    # the slots, and the nodes still to visit kept on a stack that grows.
+    rs = ruleset(*(f"a > {i}" for i in range(1000)))
+    for a in (-1, 0, 1, 500.5, 999, 5000):
+        assert fired(rs, {"a": a}) == {f"R{i}" for i in range(1000) if a > i}
+    assert fired(rs, {"b": 1}) == set()
+
+
 def test_concurrent_threads_see_their_own_fact(ruleset):
     rs = ruleset("a > 1")
     wrong = []

@@ -167,6 +167,30 @@ def test_a_condition_too_large_for_the_engine_is_a_line_of_its_file(write):
     load_rules(d).close()   # half the size loads
 
 
+@pytest.mark.parametrize("when, most, code, says", [
+    ("a > {i}", 1024, 106, "more than 1,024 different comparisons follow the same point"),
+    ("not (a > {i})", 127, 107, "more than 127 branches test that an attribute is absent"),
+    ("a > 1", 255, 108, "more than 255 rules end with the same comparison"),
+])
+def test_a_rule_set_beyond_the_engines_limits_is_one_clear_error(write, when, most, code, says):
+    # The limits of the patched engine (docs/durable-rules.md). Built as upstream ships it, a
+    # set at or past them hung its load at 100 % CPU (600 rules `a > i`), loaded and then
+    # failed every fact (128 `not`), or broke the engine's own prime rule (256 alike).
+    def pack(n):
+        return write(a__yaml="rules:\n" + "".join(
+            f"  - {{id: R{i}, when: '{when.format(i=i)}', score: 1}}\n" for i in range(n)))
+
+    d = pack(most + 1)
+    errs = errors_of(d)
+    assert len(errs) == 1 and errs[0].startswith(f"{d / 'a.yaml'}:1: the engine refused the "
+                                                 "rule set (too many rules"), errs
+    assert says in errs[0] and errs[0].endswith(f"error {code})"), errs
+    with load_rules(pack(most)) as rs:   # at the limit it loads, and decides
+        absent = rs.decide({}, "payments").hits
+        assert len(absent) == (most if "not" in when else 0)
+        assert len(rs.decide({"a": 2000}, "payments").hits) == (0 if "not" in when else most)
+
+
 def test_thresholds_declared_twice_or_for_unknown_actions(write):
     d = write(a__yaml="thresholds: {review: 10, block: 20, deny: x}\n", b__yaml="thresholds: {deny: 5}\n")
     errs = errors_of(d)

@@ -15,7 +15,6 @@
 
 #define MAX_RESULT_NODES 32
 #define MAX_NODE_RESULTS 16
-#define MAX_STACK_SIZE 64
 #define MAX_STATE_PROPERTY_TIME 2
 #define MAX_COMMAND_COUNT 10000
 #define MAX_ADD_COUNT 1000
@@ -1702,6 +1701,31 @@ static unsigned int isArrayMatch(ruleset *tree,
     return (result == PARSE_END ? RULES_OK: result);
 }
 
+// The alpha nodes handleAlpha still has to visit. Upstream kept them in a fixed array of 64
+// and failed the whole fact (ERR_MAX_STACK_SIZE) once more than 64 nodes matched at once,
+// which a few hundred rules comparing one attribute reach (txgate, docs/durable-rules.md).
+// This stack grows instead; it is per thread, kept between calls, and handleAlpha never
+// runs inside itself, so one stack per thread suffices.
+static __thread alpha **alphaStack = NULL;
+static __thread unsigned int alphaStackLength = 0;
+
+static unsigned int pushAlpha(unsigned int *top, alpha *node) {
+    if (*top == alphaStackLength) {
+        unsigned int length = alphaStackLength ? alphaStackLength * 2 : 256;
+        alpha **grown = realloc(alphaStack, length * sizeof(alpha *));
+        if (!grown) {
+            return ERR_OUT_OF_MEMORY;
+        }
+
+        alphaStack = grown;
+        alphaStackLength = length;
+    }
+
+    alphaStack[*top] = node;
+    ++*top;
+    return RULES_OK;
+}
+
 static unsigned int handleAlpha(ruleset *tree,
                                 stateNode *state,
                                 char *mid,
@@ -1710,18 +1734,17 @@ static unsigned int handleAlpha(ruleset *tree,
                                 alpha *alphaNode, 
                                 unsigned int *messageOffset,
                                 unsigned char sideEffect) { 
-    unsigned short top = 1;
+    unsigned int top = 0;
     unsigned int entry;
     unsigned char messageStored = 0;
-    alpha *stack[MAX_STACK_SIZE];
-    stack[0] = alphaNode;
+    CHECK_RESULT(pushAlpha(&top, alphaNode));
     alpha *currentAlpha;
     unsigned int result = ERR_EVENT_NOT_HANDLED;
     *messageOffset = UNDEFINED_HASH_OFFSET;
 
     while (top) {
         --top;
-        currentAlpha = stack[top];
+        currentAlpha = alphaStack[top];
         // add all disjunctive nodes to stack
         if (currentAlpha->nextListOffset) {
             unsigned int *nextList = &tree->nextPool[currentAlpha->nextListOffset];
@@ -1731,12 +1754,7 @@ static unsigned int handleAlpha(ruleset *tree,
                 unsigned int aresult = getObjectProperty(jo, listNode->value.a.expression.left.value.id.propertyNameHash, &property);
                 if (aresult == ERR_PROPERTY_NOT_FOUND) {
                     // filter out not exists (OP_NEX)
-                    if (top == MAX_STACK_SIZE) {
-                        return ERR_MAX_STACK_SIZE;
-                    }
-                    
-                    stack[top] = &listNode->value.a; 
-                    ++top;
+                    CHECK_RESULT(pushAlpha(&top, &listNode->value.a));
                 }
             }
         }
@@ -1750,11 +1768,7 @@ static unsigned int handleAlpha(ruleset *tree,
                     node *hashNode = &tree->nodePool[nextHashset[entry]];
                     if (currentProperty->hash == hashNode->value.a.expression.left.value.id.propertyNameHash) {
                         if (hashNode->value.a.expression.right.type == JSON_IDENTIFIER || hashNode->value.a.expression.right.type == JSON_EXPRESSION) {
-                            if (top == MAX_STACK_SIZE) {
-                                return ERR_MAX_STACK_SIZE;
-                            }
-                            stack[top] = &hashNode->value.a; 
-                            ++top;
+                            CHECK_RESULT(pushAlpha(&top, &hashNode->value.a));
                         } else {
                             unsigned char match = 0;
                             if (hashNode->value.a.expression.operator == OP_IALL || hashNode->value.a.expression.operator == OP_IANY) {
@@ -1773,12 +1787,7 @@ static unsigned int handleAlpha(ruleset *tree,
                             }
 
                             if (match) {
-                                if (top == MAX_STACK_SIZE) {
-                                    return ERR_MAX_STACK_SIZE;
-                                }
-
-                                stack[top] = &hashNode->value.a; 
-                                ++top;
+                                CHECK_RESULT(pushAlpha(&top, &hashNode->value.a));
                             }
                         }
                     }

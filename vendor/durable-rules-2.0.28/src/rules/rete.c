@@ -787,9 +787,12 @@ static unsigned int linkAlpha(ruleset *tree,
         
         unsigned int *parentBetaList = &tree->nextPool[parentAlpha->value.a.betaListOffset];
         for (entry = 0; parentBetaList[entry] != 0; ++entry) {
-            if (entry == BETA_LIST_LENGTH) {
-                return ERR_RULE_BETA_LIMIT_EXCEEDED;
-            }
+        }
+
+        // The list ends at its first 0: its last slot stays 0 (upstream filled it, and then
+        // read and wrote past the list into the next one).
+        if (entry == BETA_LIST_LENGTH - 1) {
+            return ERR_RULE_BETA_LIMIT_EXCEEDED;
         }
 
         parentBetaList[entry] = nextOffset;
@@ -809,9 +812,11 @@ static unsigned int linkAlpha(ruleset *tree,
 
         unsigned int entry;
         for (entry = 0; parentNextList[entry] != 0; ++entry) {
-            if (entry == NEXT_LIST_LENGTH) {
-                return ERR_RULE_EXISTS_LIMIT_EXCEEDED;
-            }
+        }
+
+        // As the beta list above: the last slot stays 0.
+        if (entry == NEXT_LIST_LENGTH - 1) {
+            return ERR_RULE_EXISTS_LIMIT_EXCEEDED;
         }
 
         parentNextList[entry] = nextOffset;
@@ -829,11 +834,21 @@ static unsigned int linkAlpha(ruleset *tree,
             parentNext = &tree->nextPool[parentAlpha->value.a.nextOffset];
         }
 
+        // Every probe of the set (here, in findAlpha and when a fact is matched) walks to the
+        // first empty slot: at most half the slots are filled, so that one is always near.
+        // Upstream refused a child only when the probe wrapped around, so the set could fill
+        // up, and the next probe never ended (a load or a fact spinning at 100 % CPU).
+        unsigned int children = 0;
+        for (entry = 0; entry < NEXT_BUCKET_LENGTH; ++entry) {
+            children += parentNext[entry] != 0;
+        }
+
+        if (children >= NEXT_BUCKET_LENGTH / 2) {
+            return ERR_RULE_LIMIT_EXCEEDED;
+        }
+
         unsigned int hash = nextNode->value.a.expression.left.value.id.propertyNameHash;
         for (entry = hash & HASH_MASK; parentNext[entry] != 0; entry = (entry + 1) % NEXT_BUCKET_LENGTH) {
-            if ((entry + 1) % NEXT_BUCKET_LENGTH == (hash & HASH_MASK)) {
-                return ERR_RULE_LIMIT_EXCEEDED;
-            }
         }
 
         parentNext[entry] = nextOffset;
