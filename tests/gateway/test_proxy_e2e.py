@@ -14,7 +14,8 @@ import time
 import pytest
 import requests
 
-from tests.fixtures.processes import free_port, wait_until
+from tests.fixtures.ports import free_port
+from tests.fixtures.processes import wait_until
 from tests.fixtures.signing import SignedClient
 
 RULES = """

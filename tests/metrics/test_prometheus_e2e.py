@@ -16,7 +16,8 @@ import pytest
 import requests
 import yaml
 
-from tests.fixtures.processes import free_port, wait_until
+from tests.fixtures.ports import free_port
+from tests.fixtures.processes import wait_until
 from tests.fixtures.signing import SignedClient
 from tests.metrics.conftest import DASHBOARD, PROMETHEUS_DIR, require_binary
 

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from rules import ACTIONS, Decision, Hit, load_rules
-from rules.engine import CompiledRules, number_text
+from rules.engine import CompiledRules, number_text, shared_first
 from tests.rules.conftest import fired
 
 
@@ -101,6 +101,23 @@ def test_a_thousand_rules_on_one_attribute_load_and_decide_exactly(ruleset):
     for a in (-1, 0, 1, 500.5, 999, 5000):
         assert fired(rs, {"a": a}) == {f"R{i}" for i in range(1000) if a > i}
     assert fired(rs, {"b": 1}) == set()
+
+
+def test_parts_many_rules_test_come_first_so_that_rules_share_the_engines_nodes():
+    eur, web, gb = {"v_currency": "EUR"}, {"v_channel": "web"}, {"$mt": {"v_payee": "GB.*"}}
+    out = shared_first({
+        "r0": {"$and": [{"$gt": {"v_amount": 1.0}}, eur, web]},
+        # written in another order, and nested: the same chain as r0's, then its own part
+        "r1": {"$and": [web, {"$and": [{"$gt": {"v_amount": 2.0}}, eur]}]},
+        # a part of one rule keeps its place, a regex goes last; an `or` is ordered inside
+        "r2": {"$and": [gb, {"$lt": {"v_amount": 3.0}}, {"v_x": 1.0}]},
+        "r3": {"$or": [{"$and": [{"v_y": 1.0}, web]}, eur]},
+    })
+    # eur and web are tested by three rules each: in the order of their text, in every rule
+    assert out["r0"] == {"$and": [web, eur, {"$gt": {"v_amount": 1.0}}]}
+    assert out["r1"] == {"$and": [web, eur, {"$gt": {"v_amount": 2.0}}]}
+    assert out["r2"] == {"$and": [{"$lt": {"v_amount": 3.0}}, {"v_x": 1.0}, gb]}
+    assert out["r3"] == {"$or": [{"$and": [web, {"v_y": 1.0}]}, eur]}
 
 
 def test_concurrent_threads_see_their_own_fact(ruleset):

@@ -66,7 +66,7 @@ def test_slow_server_times_out_quickly(redis_server):
 
 def test_cluster_unreachable_is_a_state_error():
     async def scenario():
-        from tests.fixtures.redis import free_port
+        from tests.fixtures.ports import free_port
         backend = create_backend("redis", f"redis://127.0.0.1:{free_port()}", True, 100)
         with pytest.raises(StateError):
             await backend.ping()
