@@ -202,7 +202,9 @@ class CompiledRules:
                 nxt = res[1] if res else None
                 while nxt:
                     # One action per firing; `$or` fires once per true branch, hence the dict.
-                    fired[next(iter(orjson.loads(nxt)))] = None
+                    # The action is `{"NAME":{"m":{the fact}}}`: the name is cut out rather
+                    # than the whole document parsed (names are identifiers: no escapes).
+                    fired[nxt[2:nxt.index('"', 2)]] = None
                     nxt = dre.complete_and_start_action(self._handle, state)
             finally:
                 dre.retract_fact(self._handle, js)
