@@ -36,8 +36,9 @@ _CODES = {
     "106": "too many rules for the engine: more than 1,024 different comparisons follow "
            "the same point of the rules' conditions (every rule's first comparison follows "
            "the same point)",
-    "107": "too many rules for the engine: more than 127 branches test that an attribute is "
-           "absent at the same point of the rules' conditions (a negated comparison adds one)",
+    "107": "too many rules for the engine: more than 127 rules go on from the same point of "
+           "their conditions through an `or` (an `in` list, a negated comparison) or a test "
+           "that an attribute is absent",
     "108": "too many rules for the engine: more than 255 rules end with the same comparison",
 }
 
@@ -104,7 +105,8 @@ def definitions(conditions: dict[str, dict]) -> dict:
 
 def shared_first(conditions: dict[str, dict]) -> dict[str, dict]:
     """The conditions with every conjunction's parts in the order that lets rules share the
-    engine's nodes: the parts most rules of the set test first, regexes last.
+    engine's nodes: the parts most rules of the set test first, then the others, regexes
+    after the parts tested as often, and `or` parts last.
 
     The engine (a Rete network) builds a conjunction as a chain of nodes in the order given,
     and two rules share a node only when the chains up to it are the same. Every node right
@@ -112,8 +114,11 @@ def shared_first(conditions: dict[str, dict]) -> dict[str, dict]:
     == "EUR"`) is best tested once, first, with the rules' own comparisons behind it and
     tested only when it holds. Parts that as many rules test are ordered by their text, so
     that every rule makes the same chain of them; a part only one rule tests keeps the
-    author's place. A conjunction nested in another is one chain with it (`and` is
-    associative); the parts of an `or` are ordered within each branch.
+    author's place. An `or` (an `in` list, a negated comparison) goes last however many rules
+    test it: the engine joins its branches in a node of each rule's own, listed at the end of
+    every branch, and a branch shared by more than 127 rules refuses the set (error 107).
+    A conjunction nested in another is one chain with it (`and` is associative); the parts
+    of an `or` are ordered within each branch.
     """
     counts: Counter = Counter()
 
@@ -135,7 +140,7 @@ def shared_first(conditions: dict[str, dict]) -> dict[str, dict]:
             n = counts[text]
             if len(part) == 1 and "$or" in part:
                 part = {"$or": [order(branch) for branch in part["$or"]]}
-            keyed.append(((-n, "$mt" in part, text if n > 1 else ""), part))
+            keyed.append((("$or" in part, -n, "$mt" in part, text if n > 1 else ""), part))
         if len(keyed) == 1:
             return keyed[0][1]
         keyed.sort(key=lambda kp: kp[0])   # stable: a part of one rule keeps its place

@@ -120,6 +120,14 @@ def test_parts_many_rules_test_come_first_so_that_rules_share_the_engines_nodes(
     assert out["r3"] == {"$or": [{"$and": [web, {"v_y": 1.0}]}, eur]}
 
 
+def test_an_or_many_rules_test_goes_last_so_that_the_set_still_loads(ruleset):
+    # Hoisted, the `in` list's branches would be shared by all 130 rules, each listing its own
+    # join node at their end: more than 127 refuses the set (error 107).
+    rs = ruleset(*(f'a > {i} and s in ["US", "CA"]' for i in range(130)))
+    assert fired(rs, {"a": 50, "s": "CA"}) == {f"R{i}" for i in range(50)}
+    assert fired(rs, {"a": 50, "s": "DE"}) == set()
+
+
 def test_concurrent_threads_see_their_own_fact(ruleset):
     rs = ruleset("a > 1")
     wrong = []

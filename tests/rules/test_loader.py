@@ -169,7 +169,8 @@ def test_a_condition_too_large_for_the_engine_is_a_line_of_its_file(write):
 
 @pytest.mark.parametrize("when, most, code, says", [
     ("a > {i}", 1024, 106, "more than 1,024 different comparisons follow the same point"),
-    ("not (a > {i})", 127, 107, "more than 127 branches test that an attribute is absent"),
+    ("not (a > {i})", 127, 107, "more than 127 rules go on from the same point of their "
+                                "conditions through an `or`"),
     ("a > 1", 255, 108, "more than 255 rules end with the same comparison"),
 ])
 def test_a_rule_set_beyond_the_engines_limits_is_one_clear_error(write, when, most, code, says):

@@ -1704,13 +1704,15 @@ static unsigned int isArrayMatch(ruleset *tree,
 // The alpha nodes handleAlpha still has to visit. Upstream kept them in a fixed array of 64
 // and failed the whole fact (ERR_MAX_STACK_SIZE) once more than 64 nodes matched at once,
 // which a few hundred rules comparing one attribute reach (txgate, docs/durable-rules.md).
-// This stack grows instead; it is per thread, kept between calls, and handleAlpha never
-// runs inside itself, so one stack per thread suffices.
+// This stack grows instead; it is per thread and kept between calls. A call works above the
+// entries it found (a store callback into Python may assert a fact, running handleAlpha
+// inside handleAlpha) and leaves the stack as it found it, however it returns.
 static __thread alpha **alphaStack = NULL;
 static __thread unsigned int alphaStackLength = 0;
+static __thread unsigned int alphaStackTop = 0;
 
-static unsigned int pushAlpha(unsigned int *top, alpha *node) {
-    if (*top == alphaStackLength) {
+static unsigned int pushAlpha(alpha *node) {
+    if (alphaStackTop == alphaStackLength) {
         unsigned int length = alphaStackLength ? alphaStackLength * 2 : 256;
         alpha **grown = realloc(alphaStack, length * sizeof(alpha *));
         if (!grown) {
@@ -1721,30 +1723,53 @@ static unsigned int pushAlpha(unsigned int *top, alpha *node) {
         alphaStackLength = length;
     }
 
-    alphaStack[*top] = node;
-    ++*top;
+    alphaStack[alphaStackTop++] = node;
     return RULES_OK;
 }
+
+static unsigned int visitAlpha(ruleset *tree,
+                               stateNode *state,
+                               char *mid,
+                               jsonObject *jo,
+                               unsigned char messageType,
+                               alpha *alphaNode,
+                               unsigned int *messageOffset,
+                               unsigned char sideEffect,
+                               unsigned int base);
 
 static unsigned int handleAlpha(ruleset *tree,
                                 stateNode *state,
                                 char *mid,
                                 jsonObject *jo,
                                 unsigned char messageType,
-                                alpha *alphaNode, 
+                                alpha *alphaNode,
                                 unsigned int *messageOffset,
-                                unsigned char sideEffect) { 
-    unsigned int top = 0;
+                                unsigned char sideEffect) {
+    unsigned int base = alphaStackTop;
+    unsigned int result = visitAlpha(tree, state, mid, jo, messageType, alphaNode,
+                                     messageOffset, sideEffect, base);
+    alphaStackTop = base;
+    return result;
+}
+
+static unsigned int visitAlpha(ruleset *tree,
+                               stateNode *state,
+                               char *mid,
+                               jsonObject *jo,
+                               unsigned char messageType,
+                               alpha *alphaNode,
+                               unsigned int *messageOffset,
+                               unsigned char sideEffect,
+                               unsigned int base) {
     unsigned int entry;
     unsigned char messageStored = 0;
-    CHECK_RESULT(pushAlpha(&top, alphaNode));
+    CHECK_RESULT(pushAlpha(alphaNode));
     alpha *currentAlpha;
     unsigned int result = ERR_EVENT_NOT_HANDLED;
     *messageOffset = UNDEFINED_HASH_OFFSET;
 
-    while (top) {
-        --top;
-        currentAlpha = alphaStack[top];
+    while (alphaStackTop > base) {
+        currentAlpha = alphaStack[--alphaStackTop];
         // add all disjunctive nodes to stack
         if (currentAlpha->nextListOffset) {
             unsigned int *nextList = &tree->nextPool[currentAlpha->nextListOffset];
@@ -1754,7 +1779,7 @@ static unsigned int handleAlpha(ruleset *tree,
                 unsigned int aresult = getObjectProperty(jo, listNode->value.a.expression.left.value.id.propertyNameHash, &property);
                 if (aresult == ERR_PROPERTY_NOT_FOUND) {
                     // filter out not exists (OP_NEX)
-                    CHECK_RESULT(pushAlpha(&top, &listNode->value.a));
+                    CHECK_RESULT(pushAlpha(&listNode->value.a));
                 }
             }
         }
@@ -1768,7 +1793,7 @@ static unsigned int handleAlpha(ruleset *tree,
                     node *hashNode = &tree->nodePool[nextHashset[entry]];
                     if (currentProperty->hash == hashNode->value.a.expression.left.value.id.propertyNameHash) {
                         if (hashNode->value.a.expression.right.type == JSON_IDENTIFIER || hashNode->value.a.expression.right.type == JSON_EXPRESSION) {
-                            CHECK_RESULT(pushAlpha(&top, &hashNode->value.a));
+                            CHECK_RESULT(pushAlpha(&hashNode->value.a));
                         } else {
                             unsigned char match = 0;
                             if (hashNode->value.a.expression.operator == OP_IALL || hashNode->value.a.expression.operator == OP_IANY) {
@@ -1787,7 +1812,7 @@ static unsigned int handleAlpha(ruleset *tree,
                             }
 
                             if (match) {
-                                CHECK_RESULT(pushAlpha(&top, &hashNode->value.a));
+                                CHECK_RESULT(pushAlpha(&hashNode->value.a));
                             }
                         }
                     }

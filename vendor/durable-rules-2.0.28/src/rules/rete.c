@@ -835,7 +835,7 @@ static unsigned int linkAlpha(ruleset *tree,
         }
 
         // Every probe of the set (here, in findAlpha and when a fact is matched) walks to the
-        // first empty slot: at most half the slots are filled, so that one is always near.
+        // first empty slot: at most half the slots are filled, so there always is one.
         // Upstream refused a child only when the probe wrapped around, so the set could fill
         // up, and the next probe never ended (a load or a fact spinning at 100 % CPU).
         unsigned int children = 0;
