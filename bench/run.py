@@ -43,6 +43,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
 import yaml
 
 from bench import history, rulepack, signed
@@ -243,6 +244,7 @@ class Bench:
                 raise TimeoutError("the cluster did not form")
             time.sleep(0.1)
         time.sleep(1)       # gossip settles the epochs
+        self.cluster_ports = ports
         return f"redis://127.0.0.1:{ports[0]}/0"
 
     def start_nginx(self) -> tuple[int, int]:
@@ -460,6 +462,12 @@ http {{
         # saturation phase leaves the shared Redis millions of keys (claims, event markers,
         # counters) that expire minutes later, and while they did, the first latency run read
         # p99 of 90-590 ms where the same load on a settled store reads under 10 ms.
+        # The saturation phase also left the shared stores millions of keys (claims live 10
+        # minutes, event markers 6) whose expiry would run on these two cores during the fixed-
+        # load runs. Every run seeds the history it needs, so the stores are emptied first,
+        # all but the registered client.
+        for port in (int(redis_url.rsplit(":", 1)[1].split("/")[0]), *self.cluster_ports):
+            empty_but_credentials(port)
         own_url = self.start_redis(replica=False)
         c_own = self.gateway_config("fullo", own_url, upstream, default)
         secret = subprocess.run([TXGATE, "auth", "add-client", "bench", "--hmac", "--config",
@@ -502,6 +510,16 @@ http {{
         for proc in reversed(self.procs):
             proc.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def empty_but_credentials(port: int) -> None:
+    """FLUSHALL one redis-server (a cluster node: its own keys), keeping the credential store's
+    keys (hash tag ``{txgate:cred}``) as they were."""
+    with redis.Redis(port=port, socket_timeout=120) as r:
+        kept = [(key, r.pttl(key), r.dump(key)) for key in r.keys("{txgate:cred}*")]
+        r.flushall()
+        for key, ttl, value in kept:
+            r.restore(key, max(ttl, 0), value)
 
 
 def machine() -> dict:
