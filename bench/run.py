@@ -42,6 +42,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 import yaml
@@ -458,15 +459,13 @@ http {{
         own = round(statistics.median(r["rps"] for r in full_cfg.runs) / 2)
         fixed = {"rate": rate, "peer": [], "full": [], "fullc": []}
         fixed_own = {"rate": own, "peer": [], "full": []}
-        # The latency row is taken on a gateway of the same config with a Redis of its own: the
-        # saturation phase leaves the shared Redis millions of keys (claims, event markers,
-        # counters) that expire minutes later, and while they did, the first latency run read
-        # p99 of 90-590 ms where the same load on a settled store reads under 10 ms.
-        # The saturation phase also left the shared stores millions of keys (claims live 10
-        # minutes, event markers 6) whose expiry would run on these two cores during the fixed-
-        # load runs. Every run seeds the history it needs, so the stores are emptied first,
-        # all but the registered client.
-        for port in (int(redis_url.rsplit(":", 1)[1].split("/")[0]), *self.cluster_ports):
+        # The saturation phase leaves the shared stores millions of keys (claims live 10
+        # minutes, event markers 6) that expire minutes later, on these two cores: a latency
+        # run then read p99 of 90-590 ms where the same load on a settled store reads under
+        # 10 ms. So the latency row is taken on a gateway of the same config with a Redis of
+        # its own, and the shared stores are emptied first, all but the registered client
+        # (every run seeds the history it needs).
+        for port in (urlsplit(redis_url).port, *self.cluster_ports):
             empty_but_credentials(port)
         own_url = self.start_redis(replica=False)
         c_own = self.gateway_config("fullo", own_url, upstream, default)
