@@ -102,12 +102,29 @@ def replay_lines(lines, rs: RuleSet, counters=None) -> ReplayReport:
     """
     report = ReplayReport()
     seen: list[int] = []
-    records = _records(lines, report.skipped, seen)
-    if counters is not None:
-        records = sorted(records, key=lambda nr: nr[1].get("ts") if _number(nr[1].get("ts")) else 0.0)
+    if counters is None:
+        records = _records(lines, report.skipped, seen)
+    else:
+        records = _in_time_order(lines, report.skipped, seen)
     _link((digest(n, record, rs, report.attributes, counters) for n, record in records), report)
     report.records = len(seen)
     return report
+
+
+def _in_time_order(lines, skipped: list[str], kept: list[int]):
+    """`_records` sorted by time (stably; a record without a numeric ts first). Each line is
+    parsed twice: once for its time, once when its turn comes. Keeping the lines rather than
+    the parsed records holds a fifth of the memory, and a million records parsed and held cost
+    17 µs a record against 7 for both passes (docs/performance.md)."""
+    lines = lines if isinstance(lines, list) else list(lines)
+    times, numbers = [], []
+    for n, record in _records(lines, skipped, kept):
+        ts = record.get("ts")
+        times.append(ts if type(ts) in _NUMBERS else 0.0)
+        numbers.append(n)
+    for i in sorted(range(len(numbers)), key=times.__getitem__):
+        n = numbers[i]
+        yield n, orjson.loads(lines[n - 1])
 
 
 def replay_file(path, rs: RuleSet, counters=None, load=None, workers: int = 1) -> ReplayReport:
@@ -276,12 +293,7 @@ def _records(lines, skipped: list[str], kept: list[int]):
         yield n, record
 
 
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-# The number types JSON gives (orjson makes exact ints and floats, bools are not numbers): the
-# per-record form of _number.
+# The number types JSON gives (orjson makes exact ints and floats; bools are not numbers).
 _NUMBERS = frozenset({int, float})
 
 
