@@ -23,9 +23,11 @@
 #define NUMBER_CAP (((int64_t)1) << 52)
 #define SUM_SCALE 10000
 #define DISTINCT_CAP 1000
-/* How many markers may be set between two purges of the expired ones (memory, not semantics:
- * an expired marker reads as absent either way). */
-#define PURGE_EVERY 200000
+/* The expired markers are purged once the markers are twice what the last purge kept, and at
+ * least this many (memory, not semantics: an expired marker reads as absent either way). Few
+ * are live at a time (an event's live a few minutes): the dict stays small enough to be in
+ * cache, where purging every 200,000 markers let it grow to a million. */
+#define PURGE_AT_LEAST 4096
 
 enum kind { WINDOW, RUNNING, DISTINCT, FIRST_SEEN };
 
@@ -174,7 +176,7 @@ typedef struct {
     Py_ssize_t n_resets;
     PyObject **results;    /* this record's value of each counter, while it is computed */
     PyObject *markers;     /* (kind, entity, value, event) -> deadline s */
-    long marked;
+    Py_ssize_t purge_at;   /* purge the markers when they are this many */
     PyObject *digests;     /* member text -> its digest, an int: values recur */
     PyObject *digest_fn, *scaled_fn;
     PyObject *differences; /* feature -> records where the recomputed value differs */
@@ -661,8 +663,7 @@ static int mark(Counters *rc, PyObject *kind, PyObject *name, PyObject *first, P
         goto fail;
     }
     Py_DECREF(until);
-    if (++rc->marked >= PURGE_EVERY) {
-        rc->marked = 0;
+    if (PyDict_GET_SIZE(rc->markers) >= rc->purge_at) {
         PyObject *k, *v, *live_markers = PyDict_New();
         Py_ssize_t pos = 0;
         if (live_markers == NULL)
@@ -673,6 +674,9 @@ static int mark(Counters *rc, PyObject *kind, PyObject *name, PyObject *first, P
                 goto fail;
             }
         Py_SETREF(rc->markers, live_markers);
+        rc->purge_at = 2 * PyDict_GET_SIZE(live_markers);
+        if (rc->purge_at < PURGE_AT_LEAST)
+            rc->purge_at = PURGE_AT_LEAST;
     }
     *out = marker;
     return 1;
@@ -1097,6 +1101,7 @@ static int Counters_init(Counters *rc, PyObject *args, PyObject *kwds) {
     if ((rc->resets = counter_list(rc, resets, &rc->n_resets)) == NULL)
         return -1;
     rc->event_ttl_s = event_ttl_s;
+    rc->purge_at = PURGE_AT_LEAST;
     rc->settle_ms = settle_ms;
     rc->digest_fn = Py_NewRef(digest_fn);
     rc->scaled_fn = Py_NewRef(scaled_fn);
