@@ -23,7 +23,7 @@ from gateway.velocity import Velocity
 from rules import load_rules
 from rules.decision import Decision
 from state.memory import MemoryBackend, run_sync
-from state.window import NUMBER_CAP, SUM_SCALE
+from state.window import DISTINCT_CAP, NUMBER_CAP, SUM_SCALE
 
 COUNTERS = """
 version: 1
@@ -134,3 +134,38 @@ def test_replay_counters_count_as_the_gateway_s_velocity(tmp_path, seed):
             replayed.settle(record, decision)
     # The traffic moved every counter through several values, absent included where it can be.
     assert all(len(values) >= 3 for values in seen.values()), seen
+
+
+CAPPED = """
+version: 1
+counters:
+  - {name: user_payees_1m, key: [user_id], window: 1m, aggregate: distinct, field: payee}
+  - {name: user_payees, key: [user_id], reset_on: strong_auth, aggregate: distinct, field: payee, on: allow}
+rules:
+  - {id: R-1, description: unused, when: amount > 1000000, action: deny}
+"""
+
+
+def test_distinct_counters_past_their_cap_count_as_the_gateway_s_velocity(tmp_path):
+    """More members than a distinct counter keeps (DISTINCT_CAP): many last seen in the same
+    ms, where the store's order (time, then digest) says which go, some seen again, and the
+    window then passing over them."""
+    (tmp_path / "c.yaml").write_text(CAPPED)
+    rnd = random.Random(7)
+    allow = Decision("allow", 0.0, (), "test")
+    with load_rules(tmp_path) as rs:
+        reference = Reference(rs)
+        replayed = RecomputedCounters(rs, CHALLENGE_TTL_S, settle_s=SETTLE_S)
+        ts = 1_790_000_000.0
+        for i in range(2600):
+            # Hundreds of members in one ms, more 30 s later, then the window past the first.
+            ts += {700: 30.0, 1400: 0.001, 2100: 35.0}.get(i, 0.0)
+            payee = f"P{rnd.randrange(1400)}" if i > 1300 else f"P{i}"
+            record = {"ts": ts, "event_id": f"e{i}", "request_id": f"r{i}", "tier": "client",
+                      "features": {"user_id": "u1", "payee": payee, "amount": 10, "tier": "client"},
+                      "decision": "allow", "status": 200}
+            expected = reference.features(record)
+            assert replayed.features(record) == expected, f"record {i}"
+            reference.settle(record, allow)
+            replayed.settle(record, allow)
+        assert expected["user_payees"] == DISTINCT_CAP
