@@ -30,6 +30,7 @@
 #define PURGE_AT_LEAST 4096
 
 enum kind { WINDOW, RUNNING, DISTINCT, FIRST_SEEN };
+enum marker { OUTRIGHT, PROVISIONAL, LATE };   /* what an event's marker guards */
 
 static int64_t floordiv(int64_t a, int64_t b) {
     int64_t q = a / b;
@@ -112,6 +113,35 @@ static PyTypeObject SlotsType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
 };
 
+/* One event's markers: an event updates a counter once, its step-up repeats only read. A marker
+ * per (kind: outright, provisional or late; the entity, i.e. the group; the entity's value),
+ * set until its deadline (s); a marker taken back reads as absent (deadline -inf). Looked up
+ * by event, once a record: a dict of (kind, entity, value, event) tuples cost a tuple and a
+ * lookup in a dict of every live event for each. */
+typedef struct { int code; PyObject *value; double until; } Mark;
+
+typedef struct {
+    PyObject_HEAD
+    Mark *marks;
+    Py_ssize_t len, cap;
+    double last;           /* the latest deadline: the event is forgotten once it passes */
+} Marks;
+
+static void Marks_dealloc(Marks *m) {
+    for (Py_ssize_t i = 0; i < m->len; i++)
+        Py_DECREF(m->marks[i].value);
+    PyMem_Free(m->marks);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static PyTypeObject MarksType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway._backtest_counters.Marks",
+    .tp_basicsize = sizeof(Marks),
+    .tp_dealloc = (destructor)Marks_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+};
+
 /* Room for one more item of `size` bytes. */
 static int entry_reserve(Entry *e, size_t size) {
     if (e->len < e->cap)
@@ -163,7 +193,6 @@ typedef struct {
     Counter *counter;
     PyObject *key;
     int64_t value;
-    Py_ssize_t marker;     /* its marker's index in Counters.pending */
 } Update;
 
 typedef struct {
@@ -175,7 +204,8 @@ typedef struct {
     Counter **resets;      /* reset_on: strong_auth */
     Py_ssize_t n_resets;
     PyObject **results;    /* this record's value of each counter, while it is computed */
-    PyObject *markers;     /* (kind, entity, value, event) -> deadline s */
+    PyObject *markers;     /* event -> Marks */
+    Marks *marks;          /* this record's event's, once looked up */
     Py_ssize_t purge_at;   /* purge the markers when they are this many */
     PyObject *digests;     /* member text -> its digest, an int: values recur */
     PyObject *digest_fn, *scaled_fn;
@@ -186,14 +216,15 @@ typedef struct {
     double now_s;
     PyObject *event;
     PyObject *attrs;       /* the last record's attributes, as features() returned them */
-    PyObject *pending;     /* list of this record's provisional markers */
+    Py_ssize_t *pending;   /* this record's provisional markers: their places in its Marks */
+    Py_ssize_t n_pending;
     Update *updates;
     Py_ssize_t n_updates, cap_updates;
     PyObject *amount;      /* the last amount scaled, and its scaled value (0 when none) */
     int64_t amount_scaled;
 } Counters;
 
-static PyObject *s_ts, *s_features, *s_event_id, *s_request_id, *s_e, *s_a, *s_l, *s_empty;
+static PyObject *s_ts, *s_features, *s_event_id, *s_request_id, *s_empty;
 
 /* ---- helpers on the record ------------------------------------------------------------- */
 
@@ -378,7 +409,7 @@ static Entry *store_new(Counter *c, PyObject *key) {
     return failed ? NULL : e;
 }
 
-static int record_update(Counters *rc, Counter *c, PyObject *key, int64_t value, Py_ssize_t marker) {
+static int record_update(Counters *rc, Counter *c, PyObject *key, int64_t value) {
     if (rc->n_updates == rc->cap_updates) {
         Py_ssize_t cap = rc->cap_updates ? rc->cap_updates * 2 : 16;
         Update *updates = PyMem_Realloc(rc->updates, (size_t)cap * sizeof(Update));
@@ -390,7 +421,7 @@ static int record_update(Counters *rc, Counter *c, PyObject *key, int64_t value,
         rc->cap_updates = cap;
     }
     Py_INCREF(key);
-    rc->updates[rc->n_updates++] = (Update){c, key, value, marker};
+    rc->updates[rc->n_updates++] = (Update){c, key, value};
     return 0;
 }
 
@@ -436,7 +467,7 @@ static PyObject *observe_window(Counters *rc, Counter *c, PyObject *key, PyObjec
         bucket->value = kept;
         e->number += kept - before;
         added = inc - max64(0, result - NUMBER_CAP);
-        if (marker >= 0 && record_update(rc, c, key, inc, marker) < 0)
+        if (marker >= 0 && record_update(rc, c, key, inc) < 0)
             return NULL;
     } else if (e == NULL) {
         return PyLong_FromLong(0);
@@ -471,7 +502,7 @@ static PyObject *observe_running(Counters *rc, Counter *c, PyObject *key, PyObje
         e->expiry = rc->now_s + c->ttl_s;
         if (marker >= 0) {
             total -= inc - max64(0, result - NUMBER_CAP);
-            if (record_update(rc, c, key, inc, marker) < 0)
+            if (record_update(rc, c, key, inc) < 0)
                 return NULL;
         }
     }
@@ -580,7 +611,7 @@ static PyObject *observe_first_seen(Counters *rc, Counter *c, PyObject *key, int
             }
         }
         e->expiry = rc->now_s + c->ttl_s;
-        if (marker >= 0 && record_update(rc, c, key, rc->now, marker) < 0)
+        if (marker >= 0 && record_update(rc, c, key, rc->now) < 0)
             return NULL;
     }
     if (e == NULL || (e->event != NULL && rc->now - e->number < rc->settle_ms))
@@ -644,45 +675,66 @@ static int settle_mark(Counters *rc, Counter *c, PyObject *key, int64_t ms, int 
 
 /* ---- the record ------------------------------------------------------------------------- */
 
-/* Set the marker (kind, entity, value, event) unless it is live: 1 when this event updates
- * under it, 0 when it already did, -1 on error. The marker is returned in `out` (new). */
-static int mark(Counters *rc, PyObject *kind, PyObject *name, PyObject *first, PyObject **out) {
-    PyObject *marker = PyTuple_Pack(4, kind, name, first, rc->event);
-    if (marker == NULL)
-        return -1;
-    PyObject *deadline = PyDict_GetItemWithError(rc->markers, marker);
-    if (deadline == NULL && PyErr_Occurred())
-        goto fail;
-    if (deadline != NULL && PyFloat_AS_DOUBLE(deadline) > rc->now_s) {
-        *out = marker;
-        return 0;
+/* Set this event's marker (kind, entity, value) unless it is live: 1 when the event updates
+ * under it, 0 when it already did, -1 on error. `index` gets its place in the event's Marks. */
+static int mark(Counters *rc, int kind, Py_ssize_t group, PyObject *value, Py_ssize_t *index) {
+    if (rc->marks == NULL) {   /* the event's markers, looked up once a record */
+        Marks *found = (Marks *)PyDict_GetItemWithError(rc->markers, rc->event);
+        if (found == NULL) {
+            if (PyErr_Occurred() || (found = PyObject_New(Marks, &MarksType)) == NULL)
+                return -1;
+            found->marks = NULL;
+            found->len = found->cap = 0;
+            found->last = -INFINITY;
+            int failed = PyDict_SetItem(rc->markers, rc->event, (PyObject *)found);
+            Py_DECREF(found);
+            if (failed)
+                return -1;
+        }
+        rc->marks = (Marks *)Py_NewRef(found);
     }
-    PyObject *until = PyFloat_FromDouble(rc->now_s + rc->event_ttl_s);
-    if (until == NULL || PyDict_SetItem(rc->markers, marker, until) < 0) {
-        Py_XDECREF(until);
-        goto fail;
+    Marks *m = rc->marks;
+    int code = kind * (int)rc->n_groups + (int)group;
+    double until = rc->now_s + rc->event_ttl_s;
+    Py_ssize_t i = 0;
+    while (i < m->len && !(m->marks[i].code == code && same_text(m->marks[i].value, value)))
+        i++;
+    *index = i;
+    if (i < m->len) {
+        if (m->marks[i].until > rc->now_s)
+            return 0;
+        m->marks[i].until = until;
+    } else {
+        if (m->len == m->cap) {
+            Py_ssize_t cap = m->cap ? m->cap * 2 : 4;
+            Mark *marks = PyMem_Realloc(m->marks, (size_t)cap * sizeof(Mark));
+            if (marks == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            m->marks = marks;
+            m->cap = cap;
+        }
+        m->marks[m->len++] = (Mark){code, Py_NewRef(value), until};
     }
-    Py_DECREF(until);
-    if (PyDict_GET_SIZE(rc->markers) >= rc->purge_at) {
+    if (until > m->last)
+        m->last = until;
+    if (PyDict_GET_SIZE(rc->markers) >= rc->purge_at) {   /* the events of live markers stay */
         PyObject *k, *v, *live_markers = PyDict_New();
         Py_ssize_t pos = 0;
         if (live_markers == NULL)
-            goto fail;
+            return -1;
         while (PyDict_Next(rc->markers, &pos, &k, &v))
-            if (PyFloat_AS_DOUBLE(v) > rc->now_s && PyDict_SetItem(live_markers, k, v) < 0) {
+            if (((Marks *)v)->last > rc->now_s && PyDict_SetItem(live_markers, k, v) < 0) {
                 Py_DECREF(live_markers);
-                goto fail;
+                return -1;
             }
         Py_SETREF(rc->markers, live_markers);
         rc->purge_at = 2 * PyDict_GET_SIZE(live_markers);
         if (rc->purge_at < PURGE_AT_LEAST)
             rc->purge_at = PURGE_AT_LEAST;
     }
-    *out = marker;
     return 1;
-fail:
-    Py_DECREF(marker);
-    return -1;
 }
 
 static void clear_updates(Counters *rc) {
@@ -743,8 +795,8 @@ static PyObject *Counters_features(Counters *rc, PyObject *record) {
         event = s_empty;
     }
     Py_XSETREF(rc->event, event);
-    if (PyList_SetSlice(rc->pending, 0, PyList_GET_SIZE(rc->pending), NULL) < 0)
-        goto fail;
+    Py_CLEAR(rc->marks);
+    rc->n_pending = 0;
     clear_updates(rc);
 
     /* Each counter's value, set on attrs once every counter is read: a where: or key reads
@@ -774,21 +826,16 @@ static PyObject *Counters_features(Counters *rc, PyObject *record) {
                     continue;
                 }
                 if (apply == -1) {
-                    PyObject *m;
-                    apply = mark(rc, part ? s_a : s_e, group->name, first, &m);
+                    Py_ssize_t at;
+                    apply = mark(rc, part ? PROVISIONAL : OUTRIGHT, g, first, &at);
                     if (apply < 0) {
                         Py_DECREF(key);
                         goto fail_first;
                     }
                     if (part && apply) {   /* this event's updates, to be settled */
-                        marker = PyList_GET_SIZE(rc->pending);
-                        if (PyList_Append(rc->pending, m) < 0) {
-                            Py_DECREF(m);
-                            Py_DECREF(key);
-                            goto fail_first;
-                        }
+                        marker = rc->n_pending;
+                        rc->pending[rc->n_pending++] = at;
                     }
-                    Py_DECREF(m);
                 }
                 int update = apply && (part || c->on_attempt);
                 if (update && (update = counts(c, attrs)) < 0) {
@@ -852,12 +899,8 @@ static PyObject *Counters_settle(Counters *rc, PyObject *args) {
     if (!PyArg_ParseTuple(args, "pp", &ok, &strong))
         return NULL;
     if (!ok) {   /* the markers go too, so that the step-up repeat of the event can count */
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rc->pending); i++)
-            if (PyDict_DelItem(rc->markers, PyList_GET_ITEM(rc->pending, i)) < 0) {
-                if (!PyErr_ExceptionMatches(PyExc_KeyError))
-                    return NULL;
-                PyErr_Clear();
-            }
+        for (Py_ssize_t i = 0; i < rc->n_pending; i++)
+            rc->marks->marks[rc->pending[i]].until = -INFINITY;
     }
     for (Py_ssize_t i = 0; i < rc->n_updates; i++) {
         Update *u = &rc->updates[i];
@@ -867,8 +910,7 @@ static PyObject *Counters_settle(Counters *rc, PyObject *args) {
             return NULL;
     }
     clear_updates(rc);
-    if (PyList_SetSlice(rc->pending, 0, PyList_GET_SIZE(rc->pending), NULL) < 0)
-        return NULL;
+    rc->n_pending = 0;
     if (!ok || rc->attrs == NULL)
         Py_RETURN_NONE;
     PyObject *attrs = rc->attrs;
@@ -882,7 +924,8 @@ static PyObject *Counters_settle(Counters *rc, PyObject *args) {
                 return NULL;
             continue;
         }
-        PyObject *first = PyObject_Str(value), *keys = NULL, *m = NULL;
+        PyObject *first = PyObject_Str(value), *keys = NULL;
+        Py_ssize_t at;
         if (first == NULL || (keys = PyList_New(group->n_late)) == NULL)
             goto late_fail;
         int any = 0;
@@ -897,7 +940,7 @@ static PyObject *Counters_settle(Counters *rc, PyObject *args) {
             PyList_SET_ITEM(keys, i, key ? key : Py_NewRef(Py_None));
             any |= key != NULL;
         }
-        int apply = any ? mark(rc, s_l, group->name, first, &m) : 0;
+        int apply = any ? mark(rc, LATE, g, first, &at) : 0;
         if (apply < 0)
             goto late_fail;
         for (Py_ssize_t i = 0; apply && i < group->n_late; i++) {
@@ -909,12 +952,10 @@ static PyObject *Counters_settle(Counters *rc, PyObject *args) {
                 goto late_fail;
             Py_DECREF(result);
         }
-        Py_XDECREF(m);
         Py_DECREF(keys);
         Py_DECREF(first);
         continue;
     late_fail:
-        Py_XDECREF(m);
         Py_XDECREF(keys);
         Py_XDECREF(first);
         return NULL;
@@ -982,7 +1023,8 @@ static void Counters_dealloc(Counters *rc) {
     Py_XDECREF(rc->differences);
     Py_XDECREF(rc->event);
     Py_XDECREF(rc->attrs);
-    Py_XDECREF(rc->pending);
+    PyMem_Free(rc->pending);
+    Py_XDECREF(rc->marks);
     Py_XDECREF(rc->amount);
     Py_TYPE(rc)->tp_free((PyObject *)rc);
 }
@@ -1100,6 +1142,10 @@ static int Counters_init(Counters *rc, PyObject *args, PyObject *kwds) {
     }
     if ((rc->resets = counter_list(rc, resets, &rc->n_resets)) == NULL)
         return -1;
+    if ((rc->pending = PyMem_Calloc((size_t)rc->n_groups + 1, sizeof(Py_ssize_t))) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     rc->event_ttl_s = event_ttl_s;
     rc->purge_at = PURGE_AT_LEAST;
     rc->settle_ms = settle_ms;
@@ -1107,7 +1153,7 @@ static int Counters_init(Counters *rc, PyObject *args, PyObject *kwds) {
     rc->scaled_fn = Py_NewRef(scaled_fn);
     rc->event = Py_NewRef(s_empty);
     if ((rc->markers = PyDict_New()) == NULL || (rc->digests = PyDict_New()) == NULL
-        || (rc->differences = PyDict_New()) == NULL || (rc->pending = PyList_New(0)) == NULL)
+        || (rc->differences = PyDict_New()) == NULL)
         return -1;
     return 0;
 }
@@ -1149,12 +1195,12 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__backtest_counters(void) {
-    if (PyType_Ready(&EntryType) < 0 || PyType_Ready(&SlotsType) < 0
+    if (PyType_Ready(&EntryType) < 0 || PyType_Ready(&SlotsType) < 0 || PyType_Ready(&MarksType) < 0
         || PyType_Ready(&CountersType) < 0)
         return NULL;
     struct { PyObject **name; const char *text; } names[] = {
         {&s_ts, "ts"}, {&s_features, "features"}, {&s_event_id, "event_id"},
-        {&s_request_id, "request_id"}, {&s_e, "e"}, {&s_a, "a"}, {&s_l, "l"}, {&s_empty, ""},
+        {&s_request_id, "request_id"}, {&s_empty, ""},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].name = PyUnicode_InternFromString(names[i].text)) == NULL)
