@@ -276,6 +276,86 @@ static int counts(Counter *c, PyObject *attrs) {
     return result;
 }
 
+static int64_t clamp(int64_t v) { return v > NUMBER_CAP ? NUMBER_CAP : v < -NUMBER_CAP ? -NUMBER_CAP : v; }
+
+/* An int or a float in units of 1/SUM_SCALE, as state.window.scaled_amount computes it:
+ * Decimal(str(value)) * SUM_SCALE rounded half to even, clamped. A float's str is its shortest
+ * repr (at most 17 digits), so the decimal digits are worked on directly; exact. 0 when it is
+ * not finite (scaled_amount: None, which adds nothing). */
+static int scaled_number(PyObject *value, int64_t *scaled) {
+    if (PyLong_CheckExact(value)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        if (overflow || v > NUMBER_CAP / SUM_SCALE || v < -NUMBER_CAP / SUM_SCALE)
+            *scaled = (overflow ? overflow < 0 : v < 0) ? -NUMBER_CAP : NUMBER_CAP;
+        else
+            *scaled = clamp(v * SUM_SCALE);
+        return 0;
+    }
+    double x = PyFloat_AS_DOUBLE(value);
+    if (!isfinite(x)) {
+        *scaled = 0;
+        return 0;
+    }
+    char *text = PyOS_double_to_string(x, 'r', 0, 0, NULL);
+    if (text == NULL)
+        return -1;
+    /* text = [-]digits[.digits][e[+-]digits]: value = digits * 10^exponent */
+    char digits[40];
+    int n = 0, exponent = 0, negative = 0, after_point = 0;
+    const char *p = text;
+    if (*p == '-') {
+        negative = 1;
+        p++;
+    }
+    for (; *p && *p != 'e' && n < (int)sizeof(digits); p++) {
+        if (*p == '.') {
+            after_point = 1;
+            continue;
+        }
+        exponent -= after_point;
+        if (n > 0 || *p != '0')    /* leading zeros dropped */
+            digits[n++] = *p;
+    }
+    if (*p == 'e')
+        exponent += atoi(p + 1);
+    PyMem_Free(text);
+    int shift = exponent + 4;      /* * SUM_SCALE */
+    int64_t q = 0;
+    if (n == 0) {
+        *scaled = 0;
+        return 0;
+    }
+    if (shift >= 0) {
+        if (n + shift > 16) {      /* at least 10^16, past NUMBER_CAP */
+            *scaled = negative ? -NUMBER_CAP : NUMBER_CAP;
+            return 0;
+        }
+        for (int i = 0; i < n; i++)
+            q = q * 10 + (digits[i] - '0');
+        for (int i = 0; i < shift; i++)
+            q *= 10;
+    } else {
+        int keep = n + shift;      /* digits left of the point once scaled */
+        for (int i = 0; i < keep; i++)
+            q = q * 10 + (digits[i] - '0');
+        /* the dropped part against a half: above, below, or exactly (then to even) */
+        int cmp = -1;
+        if (keep >= 0 && keep < n) {
+            cmp = digits[keep] > '5' ? 1 : digits[keep] < '5' ? -1 : 0;
+            for (int i = keep + 1; cmp == 0 && i < n; i++)
+                if (digits[i] != '0')
+                    cmp = 1;
+        }
+        if (cmp > 0 || (cmp == 0 && (q & 1)))
+            q++;
+    }
+    *scaled = clamp(negative ? -q : q);
+    return 0;
+}
+
 /* What a count or sum adds: 1, or the amount in units of 1/SUM_SCALE (0 when none). The last
  * amount is remembered: a record's sums all scale the same value. */
 static int increment(Counters *rc, Counter *c, PyObject *attrs, int64_t *inc) {
@@ -288,7 +368,14 @@ static int increment(Counters *rc, Counter *c, PyObject *attrs, int64_t *inc) {
         return -1;
     if (value == NULL)
         value = Py_None;
-    if (value != rc->amount) {
+    if (value != rc->amount && (PyFloat_CheckExact(value) || PyLong_CheckExact(value))) {
+        int64_t amount;
+        if (scaled_number(value, &amount) < 0)
+            return -1;
+        Py_INCREF(value);
+        Py_XSETREF(rc->amount, value);
+        rc->amount_scaled = amount;
+    } else if (value != rc->amount) {   /* a string, a bool, None: as the store reads it */
         PyObject *scaled = PyObject_CallOneArg(rc->scaled_fn, value);
         if (scaled == NULL)
             return -1;
@@ -428,7 +515,17 @@ static int record_update(Counters *rc, Counter *c, PyObject *key, int64_t value)
 static PyObject *number(Counter *c, int64_t total) {
     if (total > NUMBER_CAP)
         total = NUMBER_CAP;
-    return c->is_sum ? PyFloat_FromDouble((double)total / SUM_SCALE) : PyLong_FromLongLong(total);
+    if (!c->is_sum)
+        return PyLong_FromLongLong(total);
+    if (total >= -(((int64_t)1) << 53))   /* exact as a double: one rounding, as Python's */
+        return PyFloat_FromDouble((double)total / SUM_SCALE);
+    /* Negative amounts can take a sum below -NUMBER_CAP (only the top saturates): there
+     * the double would round twice, so Python's own int division. */
+    PyObject *big = PyLong_FromLongLong(total), *scale = PyLong_FromLong(SUM_SCALE);
+    PyObject *result = big && scale ? PyNumber_TrueDivide(big, scale) : NULL;
+    Py_XDECREF(big);
+    Py_XDECREF(scale);
+    return result;
 }
 
 /* ---- observe: the feature value, after this record's update when `update` --------------

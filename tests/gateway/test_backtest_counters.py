@@ -169,3 +169,43 @@ def test_distinct_counters_past_their_cap_count_as_the_gateway_s_velocity(tmp_pa
             reference.settle(record, allow)
             replayed.settle(record, allow)
         assert expected["user_payees"] == DISTINCT_CAP
+
+
+SUMMED = """
+version: 1
+counters:
+  - {name: user_sum_1m, key: [user_id], window: 1m, aggregate: sum, field: amount}
+  - {name: user_sum_ok, key: [user_id], reset_on: strong_auth, aggregate: sum, field: amount, on: allow}
+rules:
+  - {id: R-1, description: unused, when: amount > 1000000, action: deny}
+"""
+
+
+def amounts(rnd):
+    """Amounts whose scaling is easy to get wrong: ties at the fourth decimal (to even), the
+    smallest and largest floats, past the cap, every magnitude, and what is not a number."""
+    yield from (0.00005, 0.00015, 0.00025, 1.00005, 2.5e-05, 7.5e-05, -0.00005, -0.00015,
+                0.123456789, 1e-300, 5e-324, 1.7976931348623157e308, -1e20, 1e16, 9.999999999999999e15,
+                450359962737.0496, 450359962737.0497, 450359962738, -450359962738, 450359962737,
+                2 ** 70, -(2 ** 70), 0.0, -0.0, 1, -1, 123456789, float("inf"), float("nan"),
+                True, False, None, "12.5", " 7 ", "1_000", "1e3", "NaN", "abc", "0.00005")
+    for _ in range(3000):
+        magnitude = 10.0 ** rnd.randint(-9, 17)
+        value = rnd.choice((-1, 1)) * rnd.random() * magnitude
+        yield rnd.choice((value, round(value, rnd.randint(0, 6)), int(value)))
+
+
+def test_sums_scale_every_amount_as_the_gateway_s_velocity(tmp_path):
+    (tmp_path / "c.yaml").write_text(SUMMED)
+    allow = Decision("allow", 0.0, (), "test")
+    with load_rules(tmp_path) as rs:
+        reference = Reference(rs)
+        replayed = RecomputedCounters(rs, CHALLENGE_TTL_S, settle_s=SETTLE_S)
+        for i, amount in enumerate(amounts(random.Random(3))):
+            record = {"ts": 1_790_000_000.0 + i, "event_id": f"e{i}", "request_id": f"r{i}",
+                      "tier": "client", "features": {"user_id": f"u{i % 50}", "amount": amount},
+                      "decision": "allow", "status": 200}
+            expected = reference.features(record)
+            assert replayed.features(record) == expected, f"record {i}: amount {amount!r}"
+            reference.settle(record, allow)
+            replayed.settle(record, allow)
