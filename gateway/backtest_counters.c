@@ -91,24 +91,27 @@ static Entry *entry_new(int kind) {
     return e;
 }
 
-/* The entries of one entity value for its group's counters keyed by it alone (a slot each, NULL
- * when absent): one lookup a record for all of them, where a dict per counter made one each. */
+/* What one entity value holds for its group's counters, a slot each (NULL when nothing): the
+ * Entry of a counter keyed by the entity alone, and for a counter with more key attributes a
+ * dict of their values -> Entry. One lookup a record finds them all; the dicts are the
+ * entity's own, small, where one dict per counter over every entity made a lookup each, in a
+ * dict of millions of tuples. */
 typedef struct {
     PyObject_VAR_HEAD
-    Entry *entry[1];
+    PyObject *item[1];
 } Slots;
 
 static void Slots_dealloc(Slots *s) {
     for (Py_ssize_t i = 0; i < Py_SIZE(s); i++)
-        Py_XDECREF(s->entry[i]);
+        Py_XDECREF(s->item[i]);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
 static PyTypeObject SlotsType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "gateway._backtest_counters.Slots",
-    .tp_basicsize = offsetof(Slots, entry),
-    .tp_itemsize = sizeof(Entry *),
+    .tp_basicsize = offsetof(Slots, item),
+    .tp_itemsize = sizeof(PyObject *),
     .tp_dealloc = (destructor)Slots_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
 };
@@ -171,9 +174,12 @@ typedef struct {
     double ttl_s;
     Py_ssize_t index;      /* in Counters.counters */
     struct Group *group;
-    Py_ssize_t slot;       /* keyed by the entity alone: its slot in the group's Slots; else -1 */
-    PyObject *values;      /* the other key -> Entry */
+    Py_ssize_t slot;       /* its slot in the group's Slots */
 } Counter;
+
+/* A counter's key: the entity's value (text) and, when the key has more attributes, their
+ * values (text, or a tuple of texts); `rest` NULL when it has not. */
+typedef struct { PyObject *first, *rest; } Key;
 
 typedef struct Group {
     PyObject *name;        /* the first key attribute the group's counters share */
@@ -191,7 +197,7 @@ typedef struct Group {
  * first-seen mark to make final. */
 typedef struct {
     Counter *counter;
-    PyObject *key;
+    Key key;               /* its own references */
     int64_t value;
 } Update;
 
@@ -234,29 +240,31 @@ static PyObject *attr(PyObject *attrs, PyObject *name) {
     return value == Py_None ? NULL : value;
 }
 
-/* The key of `c` for these attributes (a new reference): `first`, or a tuple of it and the
- * other key values as text. NULL without an error when a key attribute is absent. */
-static PyObject *counter_key(Counter *c, PyObject *first, PyObject *attrs) {
+/* The key of `c` for these attributes: 1, with `key->rest` a new reference (or NULL); 0 when a
+ * key attribute is absent; -1 on error. `key->first` is `first`, borrowed. */
+static int counter_key(Counter *c, PyObject *first, PyObject *attrs, Key *key) {
     Py_ssize_t n = PyTuple_GET_SIZE(c->rest);
-    if (n == 0) {
-        Py_INCREF(first);
-        return first;
-    }
-    PyObject *key = PyTuple_New(n + 1);
-    if (key == NULL)
-        return NULL;
-    Py_INCREF(first);
-    PyTuple_SET_ITEM(key, 0, first);
+    key->first = first;
+    key->rest = NULL;
+    if (n == 0)
+        return 1;
+    PyObject *rest = n > 1 ? PyTuple_New(n) : NULL;
+    if (n > 1 && rest == NULL)
+        return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *value = attr(attrs, PyTuple_GET_ITEM(c->rest, i));
         PyObject *text = value ? PyObject_Str(value) : NULL;
         if (text == NULL) {
-            Py_DECREF(key);
-            return NULL;
+            Py_XDECREF(rest);
+            return PyErr_Occurred() ? -1 : 0;
         }
-        PyTuple_SET_ITEM(key, i + 1, text);
+        if (n == 1)
+            rest = text;
+        else
+            PyTuple_SET_ITEM(rest, i, text);
     }
-    return key;
+    key->rest = rest;
+    return 1;
 }
 
 static int dict_discard(PyObject *dict, PyObject *key) {
@@ -429,7 +437,7 @@ static Slots *group_slots(struct Group *g, PyObject *value, int create) {
             return NULL;
         if ((s = PyObject_NewVar(Slots, &SlotsType, g->n_slots)) == NULL)
             return NULL;
-        memset(s->entry, 0, (size_t)g->n_slots * sizeof(Entry *));
+        memset(s->item, 0, (size_t)g->n_slots * sizeof(PyObject *));
         int failed = PyDict_SetItem(g->slots, value, (PyObject *)s);
         Py_DECREF(s);   /* the dict holds it, and never lets it go */
         if (failed)
@@ -442,61 +450,61 @@ static Slots *group_slots(struct Group *g, PyObject *value, int create) {
 }
 
 /* The key's entry (borrowed), NULL without an error when absent. */
-static Entry *entry_get(Counter *c, PyObject *key) {
-    if (c->slot < 0)
-        return (Entry *)PyDict_GetItemWithError(c->values, key);
-    Slots *s = group_slots(c->group, key, 0);
-    return s ? s->entry[c->slot] : NULL;
+static Entry *entry_get(Counter *c, const Key *k) {
+    Slots *s = group_slots(c->group, k->first, 0);
+    PyObject *item = s ? s->item[c->slot] : NULL;
+    if (item == NULL || k->rest == NULL)
+        return (Entry *)item;
+    return (Entry *)PyDict_GetItemWithError(item, k->rest);
 }
 
 /* Forget the key's entry, if any. */
-static int entry_drop(Counter *c, PyObject *key) {
-    if (c->slot < 0) {
-        if (PyDict_DelItem(c->values, key) == 0)
-            return 0;
-        if (!PyErr_ExceptionMatches(PyExc_KeyError))
-            return -1;
-        PyErr_Clear();
+static int entry_drop(Counter *c, const Key *k) {
+    Slots *s = group_slots(c->group, k->first, 0);
+    if (s == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (k->rest == NULL) {
+        Py_CLEAR(s->item[c->slot]);
         return 0;
     }
-    Slots *s = group_slots(c->group, key, 0);
-    if (s != NULL)
-        Py_CLEAR(s->entry[c->slot]);
-    return PyErr_Occurred() ? -1 : 0;
+    PyObject *dict = s->item[c->slot];
+    return dict == NULL ? 0 : dict_discard(dict, k->rest);
 }
 
 /* The key's entry (borrowed), or NULL when absent or expired (then dropped, as the store's
  * expiry would have). Windows keep no expiry. */
-static Entry *live(Counters *rc, Counter *c, PyObject *key) {
-    Entry *e = entry_get(c, key);
+static Entry *live(Counters *rc, Counter *c, const Key *k) {
+    Entry *e = entry_get(c, k);
     if (e != NULL && c->kind != WINDOW && e->expiry <= rc->now_s) {
-        if (entry_drop(c, key) < 0)
+        if (entry_drop(c, k) < 0)
             return NULL;
         e = NULL;
     }
     return e;
 }
 
-/* A new entry stored under `key` in place of none (borrowed: its place holds it). */
-static Entry *store_new(Counter *c, PyObject *key) {
+/* A new entry stored under the key in place of none (borrowed: its place holds it). */
+static Entry *store_new(Counter *c, const Key *k) {
+    Slots *s = group_slots(c->group, k->first, 1);
+    if (s == NULL)
+        return NULL;
     Entry *e = entry_new(c->kind);
     if (e == NULL)
         return NULL;
-    if (c->slot >= 0) {
-        Slots *s = group_slots(c->group, key, 1);
-        if (s == NULL) {
-            Py_DECREF(e);
-            return NULL;
-        }
-        s->entry[c->slot] = e;
+    if (k->rest == NULL) {
+        s->item[c->slot] = (PyObject *)e;
         return e;
     }
-    int failed = PyDict_SetItem(c->values, key, (PyObject *)e);
+    if (s->item[c->slot] == NULL && (s->item[c->slot] = PyDict_New()) == NULL) {
+        Py_DECREF(e);
+        return NULL;
+    }
+    int failed = PyDict_SetItem(s->item[c->slot], k->rest, (PyObject *)e);
     Py_DECREF(e);
     return failed ? NULL : e;
 }
 
-static int record_update(Counters *rc, Counter *c, PyObject *key, int64_t value) {
+static int record_update(Counters *rc, Counter *c, const Key *k, int64_t value) {
     if (rc->n_updates == rc->cap_updates) {
         Py_ssize_t cap = rc->cap_updates ? rc->cap_updates * 2 : 16;
         Update *updates = PyMem_Realloc(rc->updates, (size_t)cap * sizeof(Update));
@@ -507,8 +515,9 @@ static int record_update(Counters *rc, Counter *c, PyObject *key, int64_t value)
         rc->updates = updates;
         rc->cap_updates = cap;
     }
-    Py_INCREF(key);
-    rc->updates[rc->n_updates++] = (Update){c, key, value};
+    Py_INCREF(k->first);
+    Py_XINCREF(k->rest);
+    rc->updates[rc->n_updates++] = (Update){c, *k, value};
     return 0;
 }
 
@@ -533,17 +542,17 @@ static PyObject *number(Counter *c, int64_t total) {
  * a window or running total then reads without it. -1: outright. -2: provisional, but this
  * event already counted (nothing is updated; it reads as a provisional one). */
 
-static PyObject *observe_window(Counters *rc, Counter *c, PyObject *key, PyObject *attrs,
+static PyObject *observe_window(Counters *rc, Counter *c, const Key *k, PyObject *attrs,
                                 int update, Py_ssize_t marker) {
     int64_t inc;
     if (increment(rc, c, attrs, &inc) < 0)
         return NULL;
-    Entry *e = entry_get(c, key);
+    Entry *e = entry_get(c, k);
     if (e == NULL && PyErr_Occurred())
         return NULL;
     int64_t cur = floordiv(rc->now, c->width), added = 0;
     if (update && inc) {
-        if (e == NULL && (e = store_new(c, key)) == NULL)
+        if (e == NULL && (e = store_new(c, k)) == NULL)
             return NULL;
         Bucket *b = e->items;
         Py_ssize_t at = e->len;
@@ -564,7 +573,7 @@ static PyObject *observe_window(Counters *rc, Counter *c, PyObject *key, PyObjec
         bucket->value = kept;
         e->number += kept - before;
         added = inc - max64(0, result - NUMBER_CAP);
-        if (marker >= 0 && record_update(rc, c, key, inc) < 0)
+        if (marker >= 0 && record_update(rc, c, k, inc) < 0)
             return NULL;
     } else if (e == NULL) {
         return PyLong_FromLong(0);
@@ -581,25 +590,25 @@ static PyObject *observe_window(Counters *rc, Counter *c, PyObject *key, PyObjec
     return number(c, marker != -1 ? e->number - added : e->number);
 }
 
-static PyObject *observe_running(Counters *rc, Counter *c, PyObject *key, PyObject *attrs,
+static PyObject *observe_running(Counters *rc, Counter *c, const Key *k, PyObject *attrs,
                                  int update, Py_ssize_t marker) {
     int64_t inc;
     if (increment(rc, c, attrs, &inc) < 0)
         return NULL;
-    Entry *e = live(rc, c, key);
+    Entry *e = live(rc, c, k);
     if (e == NULL && PyErr_Occurred())
         return NULL;
     int64_t total = e ? e->number : 0;
     if (update && inc) {
         int64_t result = total + inc;
         total = min64(NUMBER_CAP, result);
-        if (e == NULL && (e = store_new(c, key)) == NULL)
+        if (e == NULL && (e = store_new(c, k)) == NULL)
             return NULL;
         e->number = total;
         e->expiry = rc->now_s + c->ttl_s;
         if (marker >= 0) {
             total -= inc - max64(0, result - NUMBER_CAP);
-            if (record_update(rc, c, key, inc) < 0)
+            if (record_update(rc, c, k, inc) < 0)
                 return NULL;
         }
     }
@@ -643,9 +652,9 @@ static int drop_oldest(Counters *rc, Entry *e) {
     return 0;
 }
 
-static PyObject *observe_distinct(Counters *rc, Counter *c, PyObject *key, PyObject *attrs,
+static PyObject *observe_distinct(Counters *rc, Counter *c, const Key *k, PyObject *attrs,
                                   int update) {
-    Entry *e = live(rc, c, key);
+    Entry *e = live(rc, c, k);
     if (e == NULL && PyErr_Occurred())
         return NULL;
     PyObject *member = update ? attr(attrs, c->field) : NULL;
@@ -653,7 +662,7 @@ static PyObject *observe_distinct(Counters *rc, Counter *c, PyObject *key, PyObj
         return NULL;
     if (member == NULL && e == NULL)
         return PyLong_FromLong(0);
-    if (e == NULL && (e = store_new(c, key)) == NULL)   /* a member comes: it is kept */
+    if (e == NULL && (e = store_new(c, k)) == NULL)   /* a member comes: it is kept */
         return NULL;
     Member *m = e->items;
     if (c->window_ms > 0) {   /* members last seen a window ago or earlier leave */
@@ -692,14 +701,14 @@ static PyObject *observe_distinct(Counters *rc, Counter *c, PyObject *key, PyObj
     return PyLong_FromSsize_t(e->len);
 }
 
-static PyObject *observe_first_seen(Counters *rc, Counter *c, PyObject *key, int update,
+static PyObject *observe_first_seen(Counters *rc, Counter *c, const Key *k, int update,
                                     Py_ssize_t marker) {
-    Entry *e = live(rc, c, key);
+    Entry *e = live(rc, c, k);
     if (e == NULL && PyErr_Occurred())
         return NULL;
     if (update) {
         if (e == NULL) {
-            if ((e = store_new(c, key)) == NULL)
+            if ((e = store_new(c, k)) == NULL)
                 return NULL;
             e->number = rc->now;
             if (marker != -1) {   /* provisional: the event's until settled */
@@ -708,7 +717,7 @@ static PyObject *observe_first_seen(Counters *rc, Counter *c, PyObject *key, int
             }
         }
         e->expiry = rc->now_s + c->ttl_s;
-        if (marker >= 0 && record_update(rc, c, key, rc->now) < 0)
+        if (marker >= 0 && record_update(rc, c, k, rc->now) < 0)
             return NULL;
     }
     if (e == NULL || (e->event != NULL && rc->now - e->number < rc->settle_ms))
@@ -716,13 +725,13 @@ static PyObject *observe_first_seen(Counters *rc, Counter *c, PyObject *key, int
     return PyLong_FromLongLong(floordiv(rc->now - e->number, 1000));
 }
 
-static PyObject *observe(Counters *rc, Counter *c, PyObject *key, PyObject *attrs, int update,
+static PyObject *observe(Counters *rc, Counter *c, const Key *k, PyObject *attrs, int update,
                          Py_ssize_t marker) {
     switch (c->kind) {
-    case WINDOW: return observe_window(rc, c, key, attrs, update, marker);
-    case RUNNING: return observe_running(rc, c, key, attrs, update, marker);
-    case DISTINCT: return observe_distinct(rc, c, key, attrs, update);
-    default: return observe_first_seen(rc, c, key, update, marker);
+    case WINDOW: return observe_window(rc, c, k, attrs, update, marker);
+    case RUNNING: return observe_running(rc, c, k, attrs, update, marker);
+    case DISTINCT: return observe_distinct(rc, c, k, attrs, update);
+    default: return observe_first_seen(rc, c, k, update, marker);
     }
 }
 
@@ -730,15 +739,15 @@ static PyObject *observe(Counters *rc, Counter *c, PyObject *key, PyObject *attr
 
 /* Take back a provisional increment. A number that saturated kept less than it is asked to
  * give back: withdrawing a positive increment stops at zero (as in the script). */
-static int undo(Counters *rc, Counter *c, PyObject *key, int64_t inc) {
+static int undo(Counters *rc, Counter *c, const Key *k, int64_t inc) {
     int64_t floor = inc > 0 ? 0 : -NUMBER_CAP;
     if (c->kind == RUNNING) {
-        Entry *e = live(rc, c, key);
+        Entry *e = live(rc, c, k);
         if (e != NULL)
             e->number = max64(floor, e->number - inc);
         return e == NULL && PyErr_Occurred() ? -1 : 0;
     }
-    Entry *e = entry_get(c, key);
+    Entry *e = entry_get(c, k);
     if (e == NULL)
         return PyErr_Occurred() ? -1 : 0;
     int64_t index = floordiv(rc->now, c->width);   /* the bucket of its time: this record's */
@@ -755,8 +764,8 @@ static int undo(Counters *rc, Counter *c, PyObject *key, int64_t inc) {
 }
 
 /* Make this request's own provisional mark final, or take it back. */
-static int settle_mark(Counters *rc, Counter *c, PyObject *key, int64_t ms, int forwarded) {
-    Entry *e = live(rc, c, key);
+static int settle_mark(Counters *rc, Counter *c, const Key *k, int64_t ms, int forwarded) {
+    Entry *e = live(rc, c, k);
     if (e == NULL)
         return PyErr_Occurred() ? -1 : 0;
     if (e->event == NULL || e->number != ms)
@@ -765,7 +774,7 @@ static int settle_mark(Counters *rc, Counter *c, PyObject *key, int64_t ms, int 
     if (same <= 0)
         return same;
     if (!forwarded)
-        return entry_drop(c, key);
+        return entry_drop(c, k);
     Py_CLEAR(e->event);
     return 0;
 }
@@ -835,8 +844,10 @@ static int mark(Counters *rc, int kind, Py_ssize_t group, PyObject *value, Py_ss
 }
 
 static void clear_updates(Counters *rc) {
-    for (Py_ssize_t i = 0; i < rc->n_updates; i++)
-        Py_DECREF(rc->updates[i].key);
+    for (Py_ssize_t i = 0; i < rc->n_updates; i++) {
+        Py_DECREF(rc->updates[i].key.first);
+        Py_XDECREF(rc->updates[i].key.rest);
+    }
     rc->n_updates = 0;
 }
 
@@ -916,9 +927,10 @@ static PyObject *Counters_features(Counters *rc, PyObject *record) {
             Py_ssize_t marker = -2;
             for (Py_ssize_t i = 0; i < n; i++) {
                 Counter *c = list[i];
-                PyObject *key = counter_key(c, first, attrs);
-                if (key == NULL) {
-                    if (PyErr_Occurred())
+                Key key;
+                int found = counter_key(c, first, attrs, &key);
+                if (found <= 0) {
+                    if (found < 0)
                         goto fail_first;
                     continue;
                 }
@@ -926,7 +938,7 @@ static PyObject *Counters_features(Counters *rc, PyObject *record) {
                     Py_ssize_t at;
                     apply = mark(rc, part ? PROVISIONAL : OUTRIGHT, g, first, &at);
                     if (apply < 0) {
-                        Py_DECREF(key);
+                        Py_XDECREF(key.rest);
                         goto fail_first;
                     }
                     if (part && apply) {   /* this event's updates, to be settled */
@@ -936,11 +948,11 @@ static PyObject *Counters_features(Counters *rc, PyObject *record) {
                 }
                 int update = apply && (part || c->on_attempt);
                 if (update && (update = counts(c, attrs)) < 0) {
-                    Py_DECREF(key);
+                    Py_XDECREF(key.rest);
                     goto fail_first;
                 }
-                PyObject *result = observe(rc, c, key, attrs, update, part ? marker : -1);
-                Py_DECREF(key);
+                PyObject *result = observe(rc, c, &key, attrs, update, part ? marker : -1);
+                Py_XDECREF(key.rest);
                 if (result == NULL)
                     goto fail_first;
                 rc->results[c->index] = result;
@@ -1001,8 +1013,8 @@ static PyObject *Counters_settle(Counters *rc, PyObject *args) {
     }
     for (Py_ssize_t i = 0; i < rc->n_updates; i++) {
         Update *u = &rc->updates[i];
-        int failed = u->counter->kind == FIRST_SEEN ? settle_mark(rc, u->counter, u->key, u->value, ok)
-                     : !ok ? undo(rc, u->counter, u->key, u->value) : 0;
+        int failed = u->counter->kind == FIRST_SEEN ? settle_mark(rc, u->counter, &u->key, u->value, ok)
+                     : !ok ? undo(rc, u->counter, &u->key, u->value) : 0;
         if (failed < 0)
             return NULL;
     }
@@ -1021,41 +1033,37 @@ static PyObject *Counters_settle(Counters *rc, PyObject *args) {
                 return NULL;
             continue;
         }
-        PyObject *first = PyObject_Str(value), *keys = NULL;
-        Py_ssize_t at;
-        if (first == NULL || (keys = PyList_New(group->n_late)) == NULL)
-            goto late_fail;
-        int any = 0;
+        PyObject *first = PyObject_Str(value);
+        if (first == NULL)
+            return NULL;
+        Key keys[group->n_late];   /* rest NULL and first NULL: not counted */
+        int any = 0, failed = 0;
         for (Py_ssize_t i = 0; i < group->n_late; i++) {
             Counter *c = group->late[i];
-            int held = counts(c, attrs);
-            if (held < 0)
-                goto late_fail;
-            PyObject *key = held ? counter_key(c, first, attrs) : NULL;
-            if (key == NULL && PyErr_Occurred())
-                goto late_fail;
-            PyList_SET_ITEM(keys, i, key ? key : Py_NewRef(Py_None));
-            any |= key != NULL;
+            keys[i] = (Key){NULL, NULL};
+            int held = failed ? 0 : counts(c, attrs);
+            int found = held > 0 ? counter_key(c, first, attrs, &keys[i]) : held;
+            if (found < 0)
+                failed = 1;
+            else if (found == 0)
+                keys[i].first = NULL;
+            any |= found > 0;
         }
-        int apply = any ? mark(rc, LATE, g, first, &at) : 0;
-        if (apply < 0)
-            goto late_fail;
-        for (Py_ssize_t i = 0; apply && i < group->n_late; i++) {
-            PyObject *key = PyList_GET_ITEM(keys, i);
-            if (key == Py_None)
-                continue;
-            PyObject *result = observe(rc, group->late[i], key, attrs, 1, -1);
-            if (result == NULL)
-                goto late_fail;
-            Py_DECREF(result);
+        Py_ssize_t at;
+        int apply = !failed && any ? mark(rc, LATE, g, first, &at) : 0;
+        failed |= apply < 0;
+        for (Py_ssize_t i = 0; i < group->n_late; i++) {
+            if (!failed && apply > 0 && keys[i].first != NULL) {
+                PyObject *result = observe(rc, group->late[i], &keys[i], attrs, 1, -1);
+                if (result == NULL)
+                    failed = 1;
+                Py_XDECREF(result);
+            }
+            Py_XDECREF(keys[i].rest);
         }
-        Py_DECREF(keys);
         Py_DECREF(first);
-        continue;
-    late_fail:
-        Py_XDECREF(keys);
-        Py_XDECREF(first);
-        return NULL;
+        if (failed)
+            return NULL;
     }
     for (Py_ssize_t i = 0; strong && i < rc->n_resets; i++) {   /* reset_on: strong_auth */
         Counter *c = rc->resets[i];
@@ -1068,15 +1076,11 @@ static PyObject *Counters_settle(Counters *rc, PyObject *args) {
         PyObject *first = PyObject_Str(value);
         if (first == NULL)
             return NULL;
-        PyObject *key = counter_key(c, first, attrs);
+        Key key;
+        int found = counter_key(c, first, attrs, &key);
+        int failed = found > 0 ? entry_drop(c, &key) : found;
+        Py_XDECREF(key.rest);
         Py_DECREF(first);
-        if (key == NULL) {
-            if (PyErr_Occurred())
-                return NULL;
-            continue;
-        }
-        int failed = entry_drop(c, key);
-        Py_DECREF(key);
         if (failed < 0)
             return NULL;
     }
@@ -1093,7 +1097,6 @@ static void Counters_dealloc(Counters *rc) {
         Py_XDECREF(c->rest);
         Py_XDECREF(c->field);
         Py_XDECREF(c->where);
-        Py_XDECREF(c->values);
     }
     for (Py_ssize_t g = 0; g < rc->n_groups; g++) {
         Py_XDECREF(rc->groups[g].name);
@@ -1200,8 +1203,6 @@ static int Counters_init(Counters *rc, PyObject *args, PyObject *kwds) {
         Py_INCREF(c->rest);
         c->field = field == Py_None ? NULL : Py_NewRef(field);
         c->where = where == Py_None ? NULL : Py_NewRef(where);
-        if ((c->values = PyDict_New()) == NULL)
-            return -1;
     }
     Py_ssize_t n_groups = PyList_GET_SIZE(groups);
     rc->groups = PyMem_Calloc((size_t)n_groups + 1, sizeof(Group));
@@ -1232,8 +1233,7 @@ static int Counters_init(Counters *rc, PyObject *args, PyObject *kwds) {
                     return -1;
                 }
                 c->group = group;
-                if (PyTuple_GET_SIZE(c->rest) == 0)
-                    c->slot = group->n_slots++;
+                c->slot = group->n_slots++;
             }
         }
     }
