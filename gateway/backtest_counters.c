@@ -28,6 +28,9 @@
  * are live at a time (an event's live a few minutes): the dict stays small enough to be in
  * cache, where purging every 200,000 markers let it grow to a million. */
 #define PURGE_AT_LEAST 4096
+/* A record's ts (s) must be below this in magnitude (the year 318,000): a clock in ms then fits
+ * in 64 bits with any window subtracted. A larger one is a log in another unit. */
+#define MAX_TS 1e13
 
 enum kind { WINDOW, RUNNING, DISTINCT, FIRST_SEEN };
 enum marker { OUTRIGHT, PROVISIONAL, LATE };   /* what an event's marker guards */
@@ -37,12 +40,31 @@ static int64_t floordiv(int64_t a, int64_t b) {
     return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+/* Totals are Python ints in the code this mirrors (only their top saturates, at NUMBER_CAP;
+ * negative amounts can take a sum down without bound): 128 bits hold any a log can make. */
+typedef __int128 wide;
+
+static wide minw(wide a, wide b) { return a < b ? a : b; }
+static wide maxw(wide a, wide b) { return a > b ? a : b; }
+
+static PyObject *long_from_wide(wide v) {
+    if (v >= INT64_MIN && v <= INT64_MAX)
+        return PyLong_FromLongLong((long long)v);
+    PyObject *high = PyLong_FromLongLong((long long)(v >> 64));
+    PyObject *low = PyLong_FromUnsignedLongLong((unsigned long long)v);
+    PyObject *bits = PyLong_FromLong(64), *shifted = NULL, *result = NULL;
+    if (high && low && bits && (shifted = PyNumber_Lshift(high, bits)))
+        result = PyNumber_Add(shifted, low);
+    Py_XDECREF(high);
+    Py_XDECREF(low);
+    Py_XDECREF(bits);
+    Py_XDECREF(shifted);
+    return result;
+}
 
 /* ---- one key's values ------------------------------------------------------------------ */
 
-typedef struct { int64_t index, value; } Bucket;      /* a window's bucket */
+typedef struct { int64_t index; wide value; } Bucket;   /* a window's bucket */
 /* A distinct member, last seen at: its text (the store keeps its digest, which is only needed to
  * order members last seen at the same time, so it is computed only then). */
 typedef struct { PyObject *text; int64_t at; } Member;
@@ -55,7 +77,7 @@ typedef struct {
     PyObject_HEAD
     int kind;
     double expiry;
-    int64_t number;
+    wide number;
     PyObject *event;
     void *items;
     Py_ssize_t len, cap;
@@ -521,16 +543,15 @@ static int record_update(Counters *rc, Counter *c, const Key *k, int64_t value) 
     return 0;
 }
 
-static PyObject *number(Counter *c, int64_t total) {
+static PyObject *number(Counter *c, wide total) {
     if (total > NUMBER_CAP)
         total = NUMBER_CAP;
     if (!c->is_sum)
-        return PyLong_FromLongLong(total);
-    if (total >= -(((int64_t)1) << 53))   /* exact as a double: one rounding, as Python's */
+        return long_from_wide(total);
+    if (total >= -(((wide)1) << 53))   /* exact as a double: one rounding, as Python's */
         return PyFloat_FromDouble((double)total / SUM_SCALE);
-    /* Negative amounts can take a sum below -NUMBER_CAP (only the top saturates): there
-     * the double would round twice, so Python's own int division. */
-    PyObject *big = PyLong_FromLongLong(total), *scale = PyLong_FromLong(SUM_SCALE);
+    /* Below, the double would round twice: Python's own int division. */
+    PyObject *big = long_from_wide(total), *scale = PyLong_FromLong(SUM_SCALE);
     PyObject *result = big && scale ? PyNumber_TrueDivide(big, scale) : NULL;
     Py_XDECREF(big);
     Py_XDECREF(scale);
@@ -550,7 +571,8 @@ static PyObject *observe_window(Counters *rc, Counter *c, const Key *k, PyObject
     Entry *e = entry_get(c, k);
     if (e == NULL && PyErr_Occurred())
         return NULL;
-    int64_t cur = floordiv(rc->now, c->width), added = 0;
+    int64_t cur = floordiv(rc->now, c->width);
+    wide added = 0;
     if (update && inc) {
         if (e == NULL && (e = store_new(c, k)) == NULL)
             return NULL;
@@ -568,11 +590,11 @@ static PyObject *observe_window(Counters *rc, Counter *c, const Key *k, PyObject
             at++;
         }
         Bucket *bucket = &b[at - 1];
-        int64_t before = bucket->value, result = before + inc;
-        int64_t kept = result < NUMBER_CAP ? result : NUMBER_CAP;
+        wide before = bucket->value, result = before + inc;
+        wide kept = result < NUMBER_CAP ? result : NUMBER_CAP;
         bucket->value = kept;
         e->number += kept - before;
-        added = inc - max64(0, result - NUMBER_CAP);
+        added = inc - maxw(0, result - NUMBER_CAP);
         if (marker >= 0 && record_update(rc, c, k, inc) < 0)
             return NULL;
     } else if (e == NULL) {
@@ -598,16 +620,16 @@ static PyObject *observe_running(Counters *rc, Counter *c, const Key *k, PyObjec
     Entry *e = live(rc, c, k);
     if (e == NULL && PyErr_Occurred())
         return NULL;
-    int64_t total = e ? e->number : 0;
+    wide total = e ? e->number : 0;
     if (update && inc) {
-        int64_t result = total + inc;
-        total = min64(NUMBER_CAP, result);
+        wide result = total + inc;
+        total = minw(NUMBER_CAP, result);
         if (e == NULL && (e = store_new(c, k)) == NULL)
             return NULL;
         e->number = total;
         e->expiry = rc->now_s + c->ttl_s;
         if (marker >= 0) {
-            total -= inc - max64(0, result - NUMBER_CAP);
+            total -= inc - maxw(0, result - NUMBER_CAP);
             if (record_update(rc, c, k, inc) < 0)
                 return NULL;
         }
@@ -722,7 +744,7 @@ static PyObject *observe_first_seen(Counters *rc, Counter *c, const Key *k, int 
     }
     if (e == NULL || (e->event != NULL && rc->now - e->number < rc->settle_ms))
         Py_RETURN_NONE;
-    return PyLong_FromLongLong(floordiv(rc->now - e->number, 1000));
+    return PyLong_FromLongLong(floordiv(rc->now - (int64_t)e->number, 1000));
 }
 
 static PyObject *observe(Counters *rc, Counter *c, const Key *k, PyObject *attrs, int update,
@@ -740,11 +762,11 @@ static PyObject *observe(Counters *rc, Counter *c, const Key *k, PyObject *attrs
 /* Take back a provisional increment. A number that saturated kept less than it is asked to
  * give back: withdrawing a positive increment stops at zero (as in the script). */
 static int undo(Counters *rc, Counter *c, const Key *k, int64_t inc) {
-    int64_t floor = inc > 0 ? 0 : -NUMBER_CAP;
+    wide floor = inc > 0 ? 0 : -NUMBER_CAP;
     if (c->kind == RUNNING) {
         Entry *e = live(rc, c, k);
         if (e != NULL)
-            e->number = max64(floor, e->number - inc);
+            e->number = maxw(floor, e->number - inc);
         return e == NULL && PyErr_Occurred() ? -1 : 0;
     }
     Entry *e = entry_get(c, k);
@@ -754,7 +776,7 @@ static int undo(Counters *rc, Counter *c, const Key *k, int64_t inc) {
     Bucket *b = e->items;
     for (Py_ssize_t i = e->len - 1; i >= 0; i--) {
         if (b[i].index == index) {
-            int64_t value = max64(floor, b[i].value - inc);
+            wide value = maxw(floor, b[i].value - inc);
             e->number += value - b[i].value;
             b[i].value = value;
             break;
@@ -851,8 +873,17 @@ static void clear_updates(Counters *rc) {
     rc->n_updates = 0;
 }
 
+/* Counters built but not initialised (Counters.__new__ alone) have nothing to work on. */
+static int ready(Counters *rc) {
+    if (rc->differences == NULL)
+        PyErr_SetString(PyExc_RuntimeError, "Counters not initialised");
+    return rc->differences != NULL;
+}
+
 /* features(record) -> the record's attributes with the counters recomputed at its time. */
 static PyObject *Counters_features(Counters *rc, PyObject *record) {
+    if (!ready(rc))
+        return NULL;
     if (!PyDict_Check(record)) {
         PyErr_SetString(PyExc_TypeError, "a record is a dict");
         return NULL;
@@ -862,8 +893,8 @@ static PyObject *Counters_features(Counters *rc, PyObject *record) {
         double t = PyFloat_AsDouble(ts);
         if (t == -1.0 && PyErr_Occurred())
             return NULL;
-        if (!isfinite(t * 1000.0)) {
-            PyErr_SetString(PyExc_ValueError, "a record's ts is not a finite time");
+        if (!(fabs(t) < MAX_TS)) {   /* the clock's ms must fit, with a window subtracted */
+            PyErr_Format(PyExc_ValueError, "ts %R is not a Unix time in seconds", ts);
             return NULL;
         }
         rc->now = (int64_t)floor(t * 1000.0);
@@ -1005,7 +1036,7 @@ fail:
  * not failed upstream; `strong`: its tier was proven by answering a challenge. */
 static PyObject *Counters_settle(Counters *rc, PyObject *args) {
     int ok, strong;
-    if (!PyArg_ParseTuple(args, "pp", &ok, &strong))
+    if (!ready(rc) || !PyArg_ParseTuple(args, "pp", &ok, &strong))
         return NULL;
     if (!ok) {   /* the markers go too, so that the step-up repeat of the event can count */
         for (Py_ssize_t i = 0; i < rc->n_pending; i++)
@@ -1182,10 +1213,10 @@ static int Counters_init(Counters *rc, PyObject *args, PyObject *kwds) {
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         Counter *c = &rc->counters[i];
-        PyObject *field, *where;
+        PyObject *feature, *first, *rest, *field, *where;
         long long width, span, window_ms;
         if (!PyArg_ParseTuple(PyList_GET_ITEM(counters, i), "iUUO!OOppLLLd;a counter's layout",
-                              &c->kind, &c->feature, &c->first, &PyTuple_Type, &c->rest, &field,
+                              &c->kind, &feature, &first, &PyTuple_Type, &rest, &field,
                               &where, &c->is_sum, &c->on_attempt, &width, &span, &window_ms,
                               &c->ttl_s))
             return -1;
@@ -1193,14 +1224,14 @@ static int Counters_init(Counters *rc, PyObject *args, PyObject *kwds) {
             PyErr_SetString(PyExc_ValueError, "a counter's kind or bucket width is wrong");
             return -1;
         }
+        c->feature = Py_NewRef(feature);
+        c->first = Py_NewRef(first);
+        c->rest = Py_NewRef(rest);
         c->index = i;
         c->slot = -1;
         c->width = width;
         c->span = span;
         c->window_ms = window_ms;
-        Py_INCREF(c->feature);
-        Py_INCREF(c->first);
-        Py_INCREF(c->rest);
         c->field = field == Py_None ? NULL : Py_NewRef(field);
         c->where = where == Py_None ? NULL : Py_NewRef(where);
     }
@@ -1256,7 +1287,7 @@ static int Counters_init(Counters *rc, PyObject *args, PyObject *kwds) {
 }
 
 static PyObject *Counters_get_differences(Counters *rc, void *closure) {
-    return Py_NewRef(rc->differences);
+    return ready(rc) ? Py_NewRef(rc->differences) : NULL;
 }
 
 static PyMethodDef Counters_methods[] = {

@@ -126,15 +126,16 @@ def _in_time_order(lines, skipped: list[str], kept: list[int]):
 
 
 # The gateway writes a record's time first ({"ts":1767225600.123,...}): read alone, the number
-# orders the line for a fifth of the cost of parsing it. Only where no other key "ts" is in the
-# line (in JSON text, `"ts":` is a key named ts, as a quote inside a string is escaped).
+# orders the line for a fifth of the cost of parsing it. Only where no other string in the line
+# can be "ts" (parsing keeps the last of duplicate keys): the text "ts" appears once, and no
+# \u escape could spell it otherwise.
 _LEADING_TS = re.compile(rb'\{"ts":([-+.0-9eE]+)[,}]')
 
 
 def _time(line: bytes) -> float | int:
     """A line's record time for ordering: its numeric ts, else 0.0 (no record, or no ts)."""
     found = _LEADING_TS.match(line)
-    if found is not None and line.count(b'"ts":') == 1:
+    if found is not None and line.count(b'"ts"') == 1 and b"\\u" not in line:
         try:
             ts = orjson.loads(found[1])   # the number as parsing the whole line gives it
         except orjson.JSONDecodeError:
@@ -237,9 +238,9 @@ def digest(n: int, record: dict, rs: RuleSet, names: set, counters=None) -> tupl
     if before is None or not isinstance(route, str) or not isinstance(features, dict):
         why = "no decision, route or features"
     else:
-        if counters is not None:
-            features = counters.features(record)
         try:
+            if counters is not None:
+                features = counters.features(record)   # ValueError: a ts in another unit
             after = rs.decide(features, route)
         except ValueError as e:
             why = str(e)

@@ -209,3 +209,43 @@ def test_sums_scale_every_amount_as_the_gateway_s_velocity(tmp_path):
             assert replayed.features(record) == expected, f"record {i}: amount {amount!r}"
             reference.settle(record, allow)
             replayed.settle(record, allow)
+
+
+def test_sums_far_below_zero_count_as_the_gateway_s_velocity(tmp_path):
+    """Only the top of a sum saturates: negative amounts take it down past any 64-bit integer
+    (2**63 units are 2,048 amounts clamped to -NUMBER_CAP), and it must still read exactly."""
+    (tmp_path / "c.yaml").write_text(SUMMED)
+    allow = Decision("allow", 0.0, (), "test")
+    with load_rules(tmp_path) as rs:
+        reference = Reference(rs)
+        replayed = RecomputedCounters(rs, CHALLENGE_TTL_S, settle_s=SETTLE_S)
+        for i in range(2600):
+            record = {"ts": 1_790_000_000.0 + i / 100, "event_id": f"e{i}", "request_id": f"r{i}",
+                      "tier": "client", "features": {"user_id": "u1", "amount": -1e12 if i % 7 else 3},
+                      "decision": "allow", "status": 200}
+            expected = reference.features(record)
+            assert replayed.features(record) == expected, f"record {i}"
+            reference.settle(record, allow)
+            replayed.settle(record, allow)
+        assert expected["user_sum_ok"] < -(2 ** 63) / SUM_SCALE
+
+
+def test_counters_refuse_what_they_cannot_work_on():
+    """Misuse is an error, never a crash: a record in another time unit, a wrong layout, an
+    object never initialised."""
+    from gateway import _backtest_counters as compiled
+
+    with pytest.raises(RuntimeError, match="not initialised"):
+        compiled.Counters.__new__(compiled.Counters).differences
+    with pytest.raises(RuntimeError, match="not initialised"):
+        compiled.Counters.__new__(compiled.Counters).features({})
+    layout = (compiled.WINDOW, "f", "user_id", (), None, None, False, True, 0, 60, 60_000, 61.0)
+    with pytest.raises(ValueError, match="bucket width"):
+        compiled.Counters([layout], [], [], 1.0, 0, str, str)
+    with pytest.raises(TypeError):
+        compiled.Counters([layout[:3] + (["not", "a", "tuple"],) + layout[4:]], [], [], 1.0, 0, str, str)
+    counters = compiled.Counters([layout[:8] + (1000,) + layout[9:]], [("user_id", [0], [], [])],
+                                 [], 1.0, 0, str, str)
+    with pytest.raises(ValueError, match="not a Unix time in seconds"):
+        counters.features({"ts": 1e16, "features": {"user_id": "u1"}})
+    assert counters.features({"ts": 1e9, "features": {"user_id": "u1"}}) == {"user_id": "u1", "f": 1}

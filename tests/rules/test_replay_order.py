@@ -37,14 +37,18 @@ def test_recompute_replays_in_time_order_and_reports_skips_in_file_order(write):
         record(6, 20.0),                                                # a tie keeps file order
         record(7, ...),                                                 # no ts: first
         record(8, 15.5, note='a,"ts":1'),                               # "ts": inside a string
+        record(9, 1.0)[:-1] + ',"ts" :40.0}',                            # a second ts: the last counts
+        record(10, 2.0)[:-1] + r',"t\u0073":35.0}',                      # ... spelled with an escape
+        record(11, 1e16),                                               # ms, not s: skipped
     ]
     with load_rules(write(r__yaml=RULES)) as rs:
         report = replay_lines([(line + "\n").encode() for line in lines], rs,
                               RecomputedCounters(rs, 300, settle_s=5.0))
     assert [t.request_ids[0] for t in report.transactions] == [
-        "r5", "r7", "r4", "r2", "r8", "r3", "r6", "r1"]
-    assert report.skipped == ["2: not JSON (invalid literal, expected 'null')", "9: not a JSON object"]
-    assert report.records == 10
+        "r5", "r7", "r4", "r2", "r8", "r3", "r6", "r1", "r10", "r9"]
+    assert report.skipped == ["2: not JSON (invalid literal, expected 'null')", "9: not a JSON object",
+                              "15: ts 1e+16 is not a Unix time in seconds"]
+    assert report.records == 13
 
 
 def test_a_leading_ts_is_read_as_parsing_the_line_reads_it():
