@@ -13,8 +13,8 @@ PY := $(VENV)/bin/python$(PYTHON_VERSION)
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-# setup.py compiles the rule engine from vendor/ and the replay's counters: editing any reinstalls.
-INSTALL_INPUTS := pyproject.toml setup.py $(wildcard vendor/*/src/*/*) gateway/backtest_counters.c
+# setup.py compiles the rule engine from vendor/, the fact encoder and the replay's counters: editing any reinstalls.
+INSTALL_INPUTS := pyproject.toml setup.py $(wildcard vendor/*/src/*/*) gateway/backtest_counters.c rules/fact.c
 
 BENCH_STAMP := $(VENV)/.installed-bench
 

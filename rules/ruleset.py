@@ -6,18 +6,23 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from rules import _fact
 from rules.counters import CounterSpec
 from rules.decision import Decision, Hit, combine
 from rules.engine import MAX_NUMBER, CompiledRules, number_text, to_json
 from rules.compiler import key
 
 MAX_STRING = 65536
-_SHORT = 4096               # strings this short skip the length check of MAX_STRING
-_FAST_NUMBER = 10 ** 15     # below it, float(n) is exact and written without exponent
+# rules/fact.c writes the fact: strings this short skip the length check of MAX_STRING; below
+# FAST_NUMBER, float(n) is exact and written without exponent.
+assert (_fact.SHORT, _fact.FAST_NUMBER) == (4096, 10 ** 15) and _fact.SHORT <= MAX_STRING
+# How many combinations of fired rules keep their decision (each a few hundred bytes).
+_DECIDED_KEPT = 4096
 # The value types each kind takes without a check beyond range and length (a bool is not an int
-# here: type() is compared, never isinstance).
-_ACCEPTS = {"number": frozenset({float, int}), "string": frozenset({str}),
-            "boolean": frozenset({bool}), None: frozenset({float, int, str, bool})}
+# here: the C code compares types exactly, never as subclasses).
+_TAKES = {"number": _fact.TAKES_FLOAT | _fact.TAKES_INT, "string": _fact.TAKES_STR,
+          "boolean": _fact.TAKES_BOOL,
+          None: _fact.TAKES_FLOAT | _fact.TAKES_INT | _fact.TAKES_STR | _fact.TAKES_BOOL}
 
 
 @dataclass(frozen=True)
@@ -62,53 +67,42 @@ class RuleSet:
         self._hits = {f"r{i}": r.hit for i, r in enumerate(rules)}
         self._order = {f"r{i}": i for i in range(len(rules))}
         # Route goes into every fact: route filters are compiled as conditions on it. Per
-        # attribute: its name, its key in the fact, its kind and the value types it accepts.
-        self._fields = tuple((n, key(n), kinds.get(n), _ACCEPTS[kinds.get(n)])
+        # attribute (rules/fact.c): its name, its key in the fact as JSON and a colon, the
+        # value types it takes as they are, its kind.
+        self._fields = tuple((n, orjson.dumps(key(n)) + b":", _TAKES[kinds.get(n)], kinds.get(n))
                              for n in sorted(attribute_names - {"route"}))
-        self._route_key = key("route")
+        self._route_prefix = orjson.dumps(key("route")) + b":"
         self._engine = CompiledRules({f"r{i}": r.condition for i, r in enumerate(rules)})
         self._no_hits = combine((), self._thresholds)   # most transactions: decided once
+        self._decided: dict[frozenset, Decision] = {}     # fired rules -> their decision
 
     def decide(self, attrs: dict, route: str) -> Decision:
         """Evaluate every rule for one transaction; absent attributes make their comparisons false."""
         if not isinstance(route, str):
             raise ValueError("route must be a string")
-        fact = {self._route_key: route}
-        # The common values go to orjson as they are, exactly as _encode would write them (a
-        # finite float in the range where its repr has no exponent, which orjson writes the
-        # same; an int as that float; a short string without NUL; a boolean); any other is
-        # encoded and checked by _encode (which raises for a wrong type) and passed as text.
+        # The common values are written as they are, exactly as _encode would write them (a
+        # finite float in the range where its repr has no exponent; an int as that float; a
+        # short string without NUL; a boolean); any other is encoded and checked by _encode
+        # (which raises for a wrong type). None: a string is not valid Unicode.
         try:
-            for name, field, kind, accepts in self._fields:
-                value = attrs.get(name)
-                if value is None:
-                    continue
-                t = type(value)
-                if t in accepts:
-                    if t is float:
-                        if 1e-4 <= value < 1e15 or -1e15 < value <= -1e-4 or value == 0:
-                            fact[field] = value
-                            continue
-                    elif t is int:
-                        if -_FAST_NUMBER < value < _FAST_NUMBER:
-                            fact[field] = float(value)
-                            continue
-                    elif t is str:
-                        if len(value) <= _SHORT and "\x00" not in value:
-                            fact[field] = value
-                            continue
-                    else:
-                        fact[field] = value
-                        continue
-                fact[field] = orjson.Fragment(_encode(name, value, kind).encode())
-            body = orjson.dumps(fact)
-        except (orjson.JSONEncodeError, UnicodeEncodeError):
-            raise ValueError(_unencodable(attrs, route)) from None
-        fired = self._engine.evaluate(body[1:-1].decode())
+            body = _fact.encode(self._fields, attrs, self._route_prefix, route, _encode)
+        except UnicodeEncodeError:
+            body = None
+        if body is None:
+            raise ValueError(_unencodable(attrs, route))
+        fired = self._engine.evaluate(body)
         if not fired:
             return self._no_hits
-        hits = tuple(self._hits[n] for n in sorted(fired, key=self._order.__getitem__))
-        return combine(hits, self._thresholds)
+        # The same rules fire together again and again: their decision (immutable) is kept,
+        # up to a bound, as combining them and writing set_by cost as much as encoding the fact.
+        fired = frozenset(fired)
+        decision = self._decided.get(fired)
+        if decision is None:
+            if len(self._decided) >= _DECIDED_KEPT:
+                self._decided.clear()
+            hits = tuple(self._hits[n] for n in sorted(fired, key=self._order.__getitem__))
+            decision = self._decided[fired] = combine(hits, self._thresholds)
+        return decision
 
     def close(self) -> None:
         """Free the engine's memory; decide() fails afterwards."""
