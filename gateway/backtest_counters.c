@@ -167,18 +167,24 @@ static PyTypeObject MarksType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
 };
 
-/* Room for one more item of `size` bytes. */
+/* An array of `len` items of `size` bytes, `*cap` of them allocated, with room for one more:
+ * the array, moved when it grew; NULL on error. */
+static void *reserve(void *items, Py_ssize_t len, Py_ssize_t *cap, size_t size) {
+    if (len < *cap)
+        return items;
+    Py_ssize_t more = *cap ? *cap * 2 : 4;
+    void *grown = PyMem_Realloc(items, (size_t)more * size);
+    if (grown == NULL)
+        return PyErr_NoMemory();
+    *cap = more;
+    return grown;
+}
+
 static int entry_reserve(Entry *e, size_t size) {
-    if (e->len < e->cap)
-        return 0;
-    Py_ssize_t cap = e->cap ? e->cap * 2 : 4;
-    void *items = PyMem_Realloc(e->items, (size_t)cap * size);
-    if (items == NULL) {
-        PyErr_NoMemory();
+    void *items = reserve(e->items, e->len, &e->cap, size);
+    if (items == NULL)
         return -1;
-    }
     e->items = items;
-    e->cap = cap;
     return 0;
 }
 
@@ -527,16 +533,10 @@ static Entry *store_new(Counter *c, const Key *k) {
 }
 
 static int record_update(Counters *rc, Counter *c, const Key *k, int64_t value) {
-    if (rc->n_updates == rc->cap_updates) {
-        Py_ssize_t cap = rc->cap_updates ? rc->cap_updates * 2 : 16;
-        Update *updates = PyMem_Realloc(rc->updates, (size_t)cap * sizeof(Update));
-        if (updates == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        rc->updates = updates;
-        rc->cap_updates = cap;
-    }
+    Update *updates = reserve(rc->updates, rc->n_updates, &rc->cap_updates, sizeof(Update));
+    if (updates == NULL)
+        return -1;
+    rc->updates = updates;
     Py_INCREF(k->first);
     Py_XINCREF(k->rest);
     rc->updates[rc->n_updates++] = (Update){c, *k, value};
@@ -833,16 +833,10 @@ static int mark(Counters *rc, int kind, Py_ssize_t group, PyObject *value, Py_ss
             return 0;
         m->marks[i].until = until;
     } else {
-        if (m->len == m->cap) {
-            Py_ssize_t cap = m->cap ? m->cap * 2 : 4;
-            Mark *marks = PyMem_Realloc(m->marks, (size_t)cap * sizeof(Mark));
-            if (marks == NULL) {
-                PyErr_NoMemory();
-                return -1;
-            }
-            m->marks = marks;
-            m->cap = cap;
-        }
+        Mark *marks = reserve(m->marks, m->len, &m->cap, sizeof(Mark));
+        if (marks == NULL)
+            return -1;
+        m->marks = marks;
         m->marks[m->len++] = (Mark){code, Py_NewRef(value), until};
     }
     if (until > m->last)

@@ -136,39 +136,49 @@ def test_replay_counters_count_as_the_gateway_s_velocity(tmp_path, seed):
     assert all(len(values) >= 3 for values in seen.values()), seen
 
 
+def replay_both(tmp_path, counters: str, records) -> dict:
+    """Each record through the gateway's Velocity and the replay's counters, every one allowed
+    and forwarded; the features must agree at every record. Returns the last features."""
+    (tmp_path / "c.yaml").write_text(counters)
+    allow = Decision("allow", 0.0, (), "test")
+    with load_rules(tmp_path) as rs:
+        reference = Reference(rs)
+        replayed = RecomputedCounters(rs, CHALLENGE_TTL_S, settle_s=SETTLE_S)
+        for i, (ts, features) in enumerate(records):
+            record = {"ts": ts, "event_id": f"e{i}", "request_id": f"r{i}", "tier": "client",
+                      "features": features, "decision": "allow", "status": 200}
+            expected = reference.features(record)
+            assert replayed.features(record) == expected, f"record {i}: {features}"
+            reference.settle(record, allow)
+            replayed.settle(record, allow)
+    return expected
+
+
+# Counters alone: a rule set needs a rule.
+UNUSED_RULE = "rules:\n  - {id: R-1, description: unused, when: amount > 1000000, action: deny}\n"
 CAPPED = """
 version: 1
 counters:
   - {name: user_payees_1m, key: [user_id], window: 1m, aggregate: distinct, field: payee}
   - {name: user_payees, key: [user_id], reset_on: strong_auth, aggregate: distinct, field: payee, on: allow}
-rules:
-  - {id: R-1, description: unused, when: amount > 1000000, action: deny}
-"""
+""" + UNUSED_RULE
 
 
 def test_distinct_counters_past_their_cap_count_as_the_gateway_s_velocity(tmp_path):
     """More members than a distinct counter keeps (DISTINCT_CAP): many last seen in the same
     ms, where the store's order (time, then digest) says which go, some seen again, and the
     window then passing over them."""
-    (tmp_path / "c.yaml").write_text(CAPPED)
     rnd = random.Random(7)
-    allow = Decision("allow", 0.0, (), "test")
-    with load_rules(tmp_path) as rs:
-        reference = Reference(rs)
-        replayed = RecomputedCounters(rs, CHALLENGE_TTL_S, settle_s=SETTLE_S)
+
+    def records():
         ts = 1_790_000_000.0
         for i in range(2600):
             # Hundreds of members in one ms, more 30 s later, then the window past the first.
             ts += {700: 30.0, 1400: 0.001, 2100: 35.0}.get(i, 0.0)
             payee = f"P{rnd.randrange(1400)}" if i > 1300 else f"P{i}"
-            record = {"ts": ts, "event_id": f"e{i}", "request_id": f"r{i}", "tier": "client",
-                      "features": {"user_id": "u1", "payee": payee, "amount": 10, "tier": "client"},
-                      "decision": "allow", "status": 200}
-            expected = reference.features(record)
-            assert replayed.features(record) == expected, f"record {i}"
-            reference.settle(record, allow)
-            replayed.settle(record, allow)
-        assert expected["user_payees"] == DISTINCT_CAP
+            yield ts, {"user_id": "u1", "payee": payee, "amount": 10, "tier": "client"}
+
+    assert replay_both(tmp_path, CAPPED, records())["user_payees"] == DISTINCT_CAP
 
 
 SUMMED = """
@@ -176,9 +186,7 @@ version: 1
 counters:
   - {name: user_sum_1m, key: [user_id], window: 1m, aggregate: sum, field: amount}
   - {name: user_sum_ok, key: [user_id], reset_on: strong_auth, aggregate: sum, field: amount, on: allow}
-rules:
-  - {id: R-1, description: unused, when: amount > 1000000, action: deny}
-"""
+""" + UNUSED_RULE
 
 
 def amounts(rnd):
@@ -196,38 +204,17 @@ def amounts(rnd):
 
 
 def test_sums_scale_every_amount_as_the_gateway_s_velocity(tmp_path):
-    (tmp_path / "c.yaml").write_text(SUMMED)
-    allow = Decision("allow", 0.0, (), "test")
-    with load_rules(tmp_path) as rs:
-        reference = Reference(rs)
-        replayed = RecomputedCounters(rs, CHALLENGE_TTL_S, settle_s=SETTLE_S)
-        for i, amount in enumerate(amounts(random.Random(3))):
-            record = {"ts": 1_790_000_000.0 + i, "event_id": f"e{i}", "request_id": f"r{i}",
-                      "tier": "client", "features": {"user_id": f"u{i % 50}", "amount": amount},
-                      "decision": "allow", "status": 200}
-            expected = reference.features(record)
-            assert replayed.features(record) == expected, f"record {i}: amount {amount!r}"
-            reference.settle(record, allow)
-            replayed.settle(record, allow)
+    replay_both(tmp_path, SUMMED, ((1_790_000_000.0 + i, {"user_id": f"u{i % 50}", "amount": amount})
+                                   for i, amount in enumerate(amounts(random.Random(3)))))
 
 
 def test_sums_far_below_zero_count_as_the_gateway_s_velocity(tmp_path):
     """Only the top of a sum saturates: negative amounts take it down past any 64-bit integer
     (2**63 units are 2,048 amounts clamped to -NUMBER_CAP), and it must still read exactly."""
-    (tmp_path / "c.yaml").write_text(SUMMED)
-    allow = Decision("allow", 0.0, (), "test")
-    with load_rules(tmp_path) as rs:
-        reference = Reference(rs)
-        replayed = RecomputedCounters(rs, CHALLENGE_TTL_S, settle_s=SETTLE_S)
-        for i in range(2600):
-            record = {"ts": 1_790_000_000.0 + i / 100, "event_id": f"e{i}", "request_id": f"r{i}",
-                      "tier": "client", "features": {"user_id": "u1", "amount": -1e12 if i % 7 else 3},
-                      "decision": "allow", "status": 200}
-            expected = reference.features(record)
-            assert replayed.features(record) == expected, f"record {i}"
-            reference.settle(record, allow)
-            replayed.settle(record, allow)
-        assert expected["user_sum_ok"] < -(2 ** 63) / SUM_SCALE
+    last = replay_both(tmp_path, SUMMED, ((1_790_000_000.0 + i / 100,
+                                           {"user_id": "u1", "amount": -1e12 if i % 7 else 3})
+                                          for i in range(2600)))
+    assert last["user_sum_ok"] < -(2 ** 63) / SUM_SCALE
 
 
 def test_counters_refuse_what_they_cannot_work_on():
