@@ -114,8 +114,9 @@ static int put_fast(Buffer *b, PyObject *value, long takes) {
     }
     if (type == &PyUnicode_Type && (takes & TAKES_STR)) {
         Py_ssize_t n = PyUnicode_GET_LENGTH(value);
-        if (n > SHORT || PyUnicode_FindChar(value, 0, 0, n, 1) != -1)
-            return 0;
+        Py_ssize_t nul = n > SHORT ? 0 : PyUnicode_FindChar(value, 0, 0, n, 1);
+        if (nul != -1)
+            return nul == -2 ? -1 : 0;
         int unencodable = put_checked(b, value);
         return unencodable < 0 ? -1 : 1 + unencodable;
     }
@@ -139,7 +140,15 @@ static PyObject *encode(PyObject *module, PyObject *const *args, Py_ssize_t narg
         goto fail;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(fields); i++) {
         PyObject *field = PyTuple_GET_ITEM(fields, i);
+        if (!PyTuple_Check(field) || PyTuple_GET_SIZE(field) != 4
+            || !PyBytes_Check(PyTuple_GET_ITEM(field, 1)) || !PyLong_Check(PyTuple_GET_ITEM(field, 2))) {
+            PyErr_SetString(PyExc_TypeError, "a field is (name, JSON key and colon, types taken, kind)");
+            goto fail;
+        }
         PyObject *name = PyTuple_GET_ITEM(field, 0), *prefix = PyTuple_GET_ITEM(field, 1);
+        long takes = PyLong_AsLong(PyTuple_GET_ITEM(field, 2));
+        if (takes == -1 && PyErr_Occurred())
+            goto fail;
         PyObject *value = PyDict_GetItemWithError(attrs, name);
         if (value == NULL) {
             if (PyErr_Occurred())
@@ -151,7 +160,7 @@ static PyObject *encode(PyObject *module, PyObject *const *args, Py_ssize_t narg
         if (put(&b, ",", 1) < 0 || put(&b, PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix)) < 0)
             goto fail;
         Py_INCREF(value);   /* a `slow` call may run any code */
-        int fast = put_fast(&b, value, PyLong_AsLong(PyTuple_GET_ITEM(field, 2)));
+        int fast = put_fast(&b, value, takes);
         if (fast == 0) {
             PyObject *text = PyObject_CallFunctionObjArgs(slow, name, value,
                                                           PyTuple_GET_ITEM(field, 3), NULL);

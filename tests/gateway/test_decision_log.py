@@ -202,7 +202,7 @@ def test_gateway_reports_a_failing_stream_sink_in_readyz_and_metrics(start_gatew
     assert ready.status_code == 200   # the gateway still decides; the detail says what is wrong
     assert set(ready.json()["decision_log"]) == {"redis_stream"}
     # The file sink kept every record meanwhile.
-    wait_until(lambda: len(gw.decision_log.read_text().splitlines()) == 5, what="file records")
+    wait_until(lambda: len(gw.records()) == 5, what="file records")
     redis_server.start()
     pay()
     wait_until(lambda: requests.get(f"{gw.admin}/readyz", timeout=5).json()["decision_log"] == {},

@@ -3,7 +3,6 @@ admin API, the `txgate lists` CLI, the audit lines and the route's on_state_erro
 
 from __future__ import annotations
 
-import json
 import subprocess
 
 import pytest
@@ -62,8 +61,7 @@ def decided(gw, count: int) -> list[dict]:
 
 
 def audits(gw) -> list[dict]:
-    records = (json.loads(line) for line in gw.decision_log.read_text().splitlines())
-    return [r for r in records if r.get("type") == "audit" and r["kind"] == "list"]
+    return [r for r in gw.records() if r.get("type") == "audit" and r["kind"] == "list"]
 
 
 @pytest.mark.parametrize("store", ["redis_server", "redis_cluster"])

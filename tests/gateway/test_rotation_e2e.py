@@ -64,7 +64,7 @@ def audit_actor() -> str:
 
 
 def logged(gateway) -> list[dict]:
-    return [json.loads(line) for line in gateway.decision_log.read_text().splitlines()]
+    return gateway.records()
 
 
 def audit_lines(gateway) -> list[dict]:

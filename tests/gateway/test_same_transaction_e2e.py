@@ -289,10 +289,9 @@ def test_another_clients_traffic_on_a_device_does_not_deny_this_clients_user(sta
                "payee": {"iban": "DE89370400440532013000", "country": "DE"}}
         r = clients[client].request("POST", f"{gw.url}/v1/payments", json=doc,
                                     headers={"X-Device-Id": "device-of-alice"})
-        wait_until(lambda: r.headers["Txgate-Request-Id"] in gw.decision_log.read_text(),
-                   what="decision logged")
-        return next(json.loads(line) for line in gw.decision_log.read_text().splitlines()
-                    if r.headers["Txgate-Request-Id"] in line)
+        wait_until(lambda: any(d.get("request_id") == r.headers["Txgate-Request-Id"]
+                               for d in gw.records()), what="decision logged")
+        return next(d for d in gw.records() if d.get("request_id") == r.headers["Txgate-Request-Id"])
 
     # Client B names alice's device for five users of its own (ATO-005: 5 users, deny) ...
     assert [pay_from("client-b", f"b-user-{i}")["features"]["device_users_24h"]

@@ -115,3 +115,10 @@ def test_a_kept_decision_is_the_one_combining_gives(write, monkeypatch):
             assert decision == combine(hits, rs._thresholds), amount
         assert len(rs._decided) <= 3
         assert rs.decide({"amount": 65}, "payments") is rs.decide({"amount": 66}, "payments")
+
+
+def test_a_malformed_field_is_an_error_not_a_crash():
+    with pytest.raises(TypeError, match="a field is"):
+        _fact.encode((("a",),), {"a": 1}, b'"r":', "payments", _encode)
+    with pytest.raises(TypeError, match="a field is"):
+        _fact.encode((("a", "not bytes", 1, None),), {"a": 1}, b'"r":', "payments", _encode)
