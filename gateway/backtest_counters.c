@@ -9,8 +9,9 @@
  * MemoryBackend the same random traffic and requires the same features at every record.
  *
  * Python builds the counters' layout (RecomputedCounters) and keeps what needs the rule set's
- * own types (a decision's tier, a `where:` expression, the member digest, the exact scaling
- * of an amount), which it hands in as callables.
+ * own code: a decision's tier, a `where:` expression, the member digest (only to order members
+ * last seen in the same ms at the cap) and the scaling of an amount that is not an int or a
+ * float, the last three handed in as callables.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
