@@ -9,7 +9,8 @@
  * checks its type and range, and raises ValueError). None when a string written as it is (the
  * route's, or an attribute's) is not valid Unicode (a lone surrogate), once every value is
  * checked: a wrong type elsewhere is the error then, as when the fact was a dict that failed
- * only when dumped. `slow`'s text that is not valid Unicode raises UnicodeEncodeError.
+ * only when dumped. None at once when `slow`'s text is not valid Unicode (as the dict's
+ * building failed there).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -166,8 +167,15 @@ static PyObject *encode(PyObject *module, PyObject *const *args, Py_ssize_t narg
                                                           PyTuple_GET_ITEM(field, 3), NULL);
             Py_ssize_t n;
             const char *utf8 = text ? PyUnicode_AsUTF8AndSize(text, &n) : NULL;
+            int unicode = utf8 == NULL && text != NULL && PyErr_ExceptionMatches(PyExc_UnicodeEncodeError);
             fast = utf8 == NULL || put(&b, utf8, n) < 0 ? -1 : 1;
             Py_XDECREF(text);
+            if (unicode) {
+                PyErr_Clear();
+                Py_DECREF(value);
+                PyMem_Free(b.data);
+                Py_RETURN_NONE;
+            }
         }
         Py_DECREF(value);
         if (fast < 0)

@@ -89,10 +89,7 @@ class RuleSet:
         # finite float in the range where its repr has no exponent; an int as that float; a
         # short string without NUL; a boolean); any other is encoded and checked by _encode
         # (which raises for a wrong type). None: a string is not valid Unicode.
-        try:
-            body = _fact.encode(self._fields, attrs, self._route_prefix, route, _encode)
-        except UnicodeEncodeError:
-            body = None
+        body = _fact.encode(self._fields, attrs, self._route_prefix, route, _encode)
         if body is None:
             raise ValueError(_unencodable(attrs, route))
         fired = self._engine.evaluate(body)
