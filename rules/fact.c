@@ -70,13 +70,14 @@ static int put_string(Buffer *b, PyObject *value) {
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;
         char escaped[8];
-        const char *short_form = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\n' ? "\\n"
-                                 : c == '\r' ? "\\r" : c == '\t' ? "\\t" : c == '\b' ? "\\b"
-                                 : c == '\f' ? "\\f" : NULL;
-        if (short_form == NULL)
+        const char *form = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\n' ? "\\n"
+                           : c == '\r' ? "\\r" : c == '\t' ? "\\t" : c == '\b' ? "\\b"
+                           : c == '\f' ? "\\f" : NULL;
+        if (form == NULL) {
             snprintf(escaped, sizeof escaped, "\\u%04x", c);
-        if (put(b, text + start, i - start) < 0
-            || put(b, short_form ? short_form : escaped, (Py_ssize_t)strlen(short_form ? short_form : escaped)) < 0)
+            form = escaped;
+        }
+        if (put(b, text + start, i - start) < 0 || put(b, form, (Py_ssize_t)strlen(form)) < 0)
             return -1;
         start = i + 1;
     }

@@ -61,8 +61,8 @@ def values(rnd: random.Random):
     yield from (0.0, -0.0, 1e-4, 9.9e-5, -1e-4, 1e15, 999999999999999.9, -1e15, 1e300, 5e-324,
                 math.inf, -math.inf, math.nan, 0.1 + 0.2, 2.0 ** 53, 10 ** 15, 10 ** 15 - 1,
                 -(10 ** 15) + 1, 2 ** 63, -(2 ** 64), 0, 7, True, False, None, "", "x" * 4096,
-                "x" * 4097, "a\x00b", 'q"uo\\te', "\n\r\t\b\f\x01\x1f\x7f", "é€😀", "\ud800", "\ud800" + "x" * 4097,
-                b"bytes", [1], {"a": 1})
+                "x" * 4097, "a\x00b", 'q"uo\\te', "\n\r\t\b\f\x01\x1f\x7f", "é€😀", "\ud800",
+                "\ud800" + "x" * 4097, b"bytes", [1], {"a": 1})
     for _ in range(3000):
         yield rnd.choice((
             rnd.uniform(-1e16, 1e16), rnd.random() * 10 ** rnd.randint(-8, 20),
